@@ -1,0 +1,47 @@
+# cshealth — the two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# No telemetry from any tool, anywhere.
+export DO_NOT_TRACK := true
+export BENTOML_DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install demo test lint bench clean
+
+help:
+	@echo "make demo   set up .venv, generate the sample data and run the pipeline on it"
+	@echo "make test   set up .venv and run lint + the test suite"
+	@echo "make bench  run the speed/memory benchmarks (JSON in benchmarks/results/)"
+	@echo "make lint   ruff"
+	@echo "make clean  remove generated data, reports and the venv"
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) and installing cshealth (first run: about a minute)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@echo ">> 1/2 generating sample data (params.yaml: simulator)"
+	$(BIN)/cshealth generate
+	@echo ">> 2/2 checking the data against the contract"
+	$(BIN)/cshealth check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf data reports benchmarks/results $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""Typed, frozen configuration loaded once from `params.yaml` at the entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(_Frozen):
+    raw_dir: Path = Path("data/raw")
+    truth_file: Path = Path("data/truth.parquet")
+
+
+class SimulatorParams(_Frozen):
+    accounts: int = Field(600, ge=1)
+    months: int = Field(24, ge=1, le=240)
+    seed: int = 42
+    start: dt.date = dt.date(2024, 1, 1)
+    truth_samples: int = Field(200, ge=1)
+
+
+class CheckParams(_Frozen):
+    reports_dir: Path = Path("reports/checks")
+
+
+class Config(_Frozen):
+    data: DataParams = DataParams()
+    simulator: SimulatorParams = SimulatorParams()
+    checks: CheckParams = CheckParams()
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load `path` (default ./params.yaml; built-in defaults when that is absent)."""
+    if path is None:
+        if not DEFAULT_PARAMS.exists():
+            return Config()
+        path = DEFAULT_PARAMS
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"params file not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path} does not match the expected parameters:\n{err}") from err

@@ -1,0 +1,1 @@
+"""Raw-data contract, readers and (later) the point-in-time feature pipeline."""

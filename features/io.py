@@ -1,0 +1,253 @@
+"""Read raw tables per the contract, and write outputs atomically.
+
+A table `NAME` is found in a data folder as `NAME.parquet`, `NAME.csv` or a folder
+`NAME/` of Parquet parts. Its columns are coerced to the contract's types; values
+that cannot be coerced are reported (table, column, rows, examples), never dropped
+silently: they become null in the returned frame and are listed in the issues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.contract import TABLES, Column, Kind, Table
+
+log = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 5
+_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0"}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A contract violation found while locating or reading a table."""
+
+    table: str
+    column: str | None
+    check: str
+    rows: int = 0
+    examples: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"{self.table}.{self.column}" if self.column else self.table
+        ex = f" e.g. {', '.join(self.examples)}" if self.examples else ""
+        count = f" ({self.rows} rows)" if self.rows else ""
+        return f"{where}: {self.check}{count}{ex}"
+
+
+class ContractError(ValueError):
+    """Raised when data does not meet the contract; carries the issues found."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = issues
+        super().__init__("; ".join(str(i) for i in issues))
+
+
+@dataclass
+class LoadedTable:
+    """A coerced table, where it came from, and what could not be coerced."""
+
+    table: Table
+    frame: pd.DataFrame
+    source: Path
+    issues: list[Issue] = field(default_factory=list)
+
+
+def find_source(data_dir: Path, name: str) -> Path | None:
+    """The file or folder holding table `name`, None when absent.
+
+    Raises ContractError when several candidates exist, since picking one would
+    silently ignore the other.
+    """
+    candidates = [
+        p
+        for p in (data_dir / f"{name}.parquet", data_dir / f"{name}.csv", data_dir / name)
+        if p.exists()
+    ]
+    if len(candidates) > 1:
+        found = ", ".join(p.name for p in candidates)
+        raise ContractError([Issue(name, None, f"ambiguous source: {found}")])
+    return candidates[0] if candidates else None
+
+
+def read_source(path: Path) -> pd.DataFrame:
+    """Read a Parquet file, a folder of Parquet parts, or a CSV (all text)."""
+    if path.suffix == ".csv":
+        # Read CSV as text so that ids keep leading zeros; coercion types it.
+        return pd.read_csv(path, dtype=str, keep_default_na=True)
+    return pd.read_parquet(path)
+
+
+def _examples(values: pd.Series) -> tuple[str, ...]:
+    return tuple(str(v) for v in values.head(MAX_EXAMPLES).tolist())
+
+
+def _to_string(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(s) and np.all(np.isnan(s) | (s == np.round(s))):
+        # Integer ids read as float because of gaps: "7.0" would not match "7".
+        s = s.astype("Int64")
+    out = s.astype("str")
+    return out.where(s.notna(), None).astype("str")
+
+
+def _to_number(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("float64")
+    if pd.api.types.is_numeric_dtype(s):
+        return s.astype("float64")
+    return pd.to_numeric(s.astype("str").str.strip(), errors="coerce").astype("float64")
+
+
+def _to_bool(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("boolean")
+    text = s.astype("str").str.strip().str.lower()
+    out = pd.Series(pd.NA, index=s.index, dtype="boolean")
+    out[text.isin(_TRUE)] = True
+    out[text.isin(_FALSE)] = False
+    return out
+
+
+def _to_time(s: pd.Series, is_date: bool) -> pd.Series:
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        out = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_datetime64_dtype(s):
+        out = s
+    else:
+        out = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+        out = out.dt.tz_localize(None)
+    out = out.astype("datetime64[us]")
+    return out.dt.normalize() if is_date else out
+
+
+def coerce_column(s: pd.Series, col: Column) -> tuple[pd.Series, pd.Series]:
+    """Coerce `s` to the column's dtype; also return the mask of rows that failed."""
+    if col.kind == Kind.STRING:
+        out = s if s.dtype == "str" else _to_string(s)
+        return out, pd.Series(False, index=s.index)
+    if s.dtype == "str" or s.dtype == object:
+        # Blank text in a typed column is a missing value, not a bad one.
+        s = s.mask(s.astype("str").str.strip() == "")
+    if col.kind in (Kind.INT, Kind.FLOAT):
+        num = _to_number(s)
+        failed = s.notna() & num.isna()
+        if col.kind == Kind.INT:
+            fractional = num.notna() & (num != np.round(num))
+            failed |= fractional
+            num = num.where(~fractional)
+            out = num.astype("Int64")
+            if not col.nullable and not out.isna().any():
+                out = out.astype("int64")
+            return out, failed
+        return num, failed
+    if col.kind == Kind.BOOL:
+        out = _to_bool(s)
+        failed = s.notna() & out.isna()
+        if not col.nullable and not out.isna().any():
+            out = out.astype("bool")
+        return out, failed
+    out = _to_time(s, is_date=col.kind == Kind.DATE)
+    return out, s.notna() & out.isna()
+
+
+def coerce_frame(df: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, list[Issue]]:
+    """Coerce a raw frame to the contract; extra columns are dropped (and logged)."""
+    issues: list[Issue] = []
+    missing = [c for c in table.required_columns if c not in df.columns]
+    issues += [Issue(table.name, c, "missing column") for c in missing]
+    extra = [c for c in df.columns if c not in table.column_names]
+    if extra:
+        log.info("%s: ignoring columns not in the contract: %s", table.name, extra)
+    out: dict[str, pd.Series] = {}
+    for col in table.columns:
+        if col.name in missing:
+            continue
+        if col.name not in df.columns:
+            out[col.name] = pd.Series(col.default, index=df.index)
+            continue
+        coerced, failed = coerce_column(df[col.name], col)
+        if failed.any():
+            bad = df.loc[failed, col.name]
+            issues.append(
+                Issue(
+                    table.name,
+                    col.name,
+                    f"not coercible to {col.kind.value}",
+                    int(failed.sum()),
+                    _examples(bad),
+                )
+            )
+        out[col.name] = coerced
+    return pd.DataFrame(out, index=df.index).reset_index(drop=True), issues
+
+
+def load_table(data_dir: Path, name: str) -> LoadedTable | None:
+    """Load and coerce one table; None when absent (missing required is the caller's call)."""
+    table = TABLES[name]
+    source = find_source(Path(data_dir), name)
+    if source is None:
+        return None
+    log.info("reading %s from %s", name, source)
+    raw = read_source(source)
+    frame, issues = coerce_frame(raw, table)
+    return LoadedTable(table, frame, source, issues)
+
+
+def load_folder(data_dir: Path, strict: bool = True) -> dict[str, LoadedTable]:
+    """Load every contract table present in `data_dir`.
+
+    With `strict`, a missing required table, a missing column or an uncoercible
+    value raises ContractError listing every problem found.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ContractError([Issue(str(data_dir), None, "data folder does not exist")])
+    loaded: dict[str, LoadedTable] = {}
+    issues: list[Issue] = []
+    for name, table in TABLES.items():
+        try:
+            lt = load_table(data_dir, name)
+        except ContractError as err:
+            issues += err.issues
+            continue
+        if lt is None:
+            if table.required:
+                issues.append(Issue(name, None, "missing required table"))
+            continue
+        loaded[name] = lt
+        issues += lt.issues
+    if strict and issues:
+        raise ContractError(issues)
+    return loaded
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write `df` to `path` atomically (temp file in the same folder, then rename)."""
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write text to `path` atomically."""
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Batch scoring, the score store and the BentoML service (issue 5)."""

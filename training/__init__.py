@@ -1,0 +1,1 @@
+"""Model training, backtest, calibration and the MLflow registry (issue 4)."""
