@@ -29,10 +29,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/2 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/3 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/2 checking the data against the contract"
+	@echo ">> 2/3 checking the data against the contract"
 	$(BIN)/cshealth check
+	@echo ">> 3/3 building point-in-time snapshots (features + labels)"
+	$(BIN)/cshealth features
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -42,6 +44,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_features.py --sizes 1,10
 
 clean:
 	rm -rf data reports benchmarks/results $(VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cshealth.config import Config, ConfigError, load_config
+from features.contract import Col
 
 log = logging.getLogger("cshealth")
 
@@ -72,6 +73,39 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     return 1
 
 
+def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
+    """Build the point-in-time snapshot table (features + labels)."""
+    from data_checks import check_snapshots
+    from features.pipeline import build_snapshots, write_snapshots
+
+    data_dir = Path(args.data or cfg.data.raw_dir)
+    out = Path(args.out or cfg.features.out)
+    t0 = time.perf_counter()
+    snaps = build_snapshots(data_dir, cfg.features)
+    report = check_snapshots(
+        snaps,
+        horizon_days=cfg.features.horizon_days,
+        prevalence=cfg.checks.label_prevalence,
+        reports_dir=Path(cfg.checks.reports_dir),
+    )
+    if not report.success:
+        print(f"FAILED: the snapshot table fails {len(report.failures)} checks", file=sys.stderr)
+        print(report.failure_table(), file=sys.stderr)
+        print(f"nothing written; full results: {cfg.checks.reports_dir}/", file=sys.stderr)
+        return 1
+    write_snapshots(snaps, out)
+    df = snaps.frame
+    churn, expansion = snaps.label_columns
+    print(
+        f"wrote {out}: {len(df):,} snapshots x {len(snaps.features)} features, "
+        f"{df[Col.AS_OF].nunique()} as_of dates {df[Col.AS_OF].min():%Y-%m-%d}.."
+        f"{df[Col.AS_OF].max():%Y-%m-%d}, cutoff {snaps.cutoff}; "
+        f"{churn} {df[churn].mean():.1%}, {expansion} {df[expansion].mean():.1%} "
+        f"({df[churn].notna().sum():,} labelled) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="cshealth", description=__doc__)
@@ -97,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports", type=Path, help="where full results go (default: checks.reports_dir)"
     )
     c.set_defaults(func=cmd_check)
+
+    f = sub.add_parser("features", help=cmd_features.__doc__)
+    f.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    f.add_argument("--out", type=Path, help="snapshot Parquet file (default: features.out)")
+    f.set_defaults(func=cmd_features)
     return p
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from features.settings import FeatureParams
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -30,12 +32,14 @@ class SimulatorParams(_Frozen):
 
 class CheckParams(_Frozen):
     reports_dir: Path = Path("reports/checks")
+    label_prevalence: tuple[float, float] = (0.001, 0.5)
 
 
 class Config(_Frozen):
     data: DataParams = DataParams()
     simulator: SimulatorParams = SimulatorParams()
     checks: CheckParams = CheckParams()
+    features: FeatureParams = FeatureParams()
 
 
 class ConfigError(ValueError):

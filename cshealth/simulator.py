@@ -63,11 +63,12 @@ import pandas as pd
 
 from features.contract import TABLES, TRUTH, Col, Direction, Priority, Segment, T
 from features.io import write_parquet
+from features.labels import is_expansion
 
 log = logging.getLogger(__name__)
 
 HORIZON_DAYS = 90
-EXPANSION_RATIO = 1.10
+EXPANSION_THRESHOLD = 0.10
 _US_PER_DAY = 86_400 * 1_000_000
 _SEGMENTS = (Segment.SMB, Segment.MID_MARKET, Segment.ENTERPRISE)
 _PLANS = ("starter", "professional", "enterprise")
@@ -664,7 +665,7 @@ class Simulator:
                 mrr_end = np.where(sim.alive, sim.mrr, 0.0)
             j += 1
         p_churn = churned.reshape(-1, k).mean(axis=1)
-        p_exp = (mrr_end >= EXPANSION_RATIO * mrr0).reshape(-1, k).mean(axis=1)
+        p_exp = is_expansion(mrr_end, mrr0, EXPANSION_THRESHOLD).reshape(-1, k).mean(axis=1)
         self.out.add(TRUTH.name, acc=idx, month=np.full(idx.size, m), pc=p_churn, pe=p_exp)
 
     # ----- main loop ----------------------------------------------------------------

@@ -72,3 +72,38 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).with_name("cshealth")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     assert "generate" in out.stdout and "check" in out.stdout
+
+
+def test_features_stage_writes_checked_snapshots(
+    generated_dir: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    out = tmp_path / "snap" / "snapshots.parquet"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"checks:\n  reports_dir: {tmp_path / 'checks'}\n")
+    argv = ["--params", str(params), "features", "--data", str(generated_dir), "--out", str(out)]
+    assert main(argv) == 0
+    df = pd.read_parquet(out)
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    names = [f["name"] for f in meta["features"]]
+    assert len(names) >= 40 and set(names) <= set(df.columns)
+    assert meta["labels"] == ["churn_90d", "expansion_90d"]
+    assert "snapshots x" in capsys.readouterr().out
+    assert json.loads((tmp_path / "checks" / "snapshots.json").read_text())["success"]
+
+
+def test_features_stage_writes_nothing_when_the_suite_fails(
+    generated_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "snapshots.parquet"
+    params = tmp_path / "params.yaml"
+    # No real data set has 90 % churn: the prevalence check must stop the stage.
+    params.write_text(
+        f"checks:\n  reports_dir: {tmp_path / 'checks'}\n  label_prevalence: [0.9, 1.0]\n"
+    )
+    argv = ["--params", str(params), "features", "--data", str(generated_dir), "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "churn_90d" in err and "prevalence" in err and "nothing written" in err
+    assert not out.exists()

@@ -1,0 +1,314 @@
+"""Data checks: clean contract-shaped data passes; every kind of corruption fails, named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from data_checks import CheckReport, Failure, check_folder
+from data_checks.runner import GxRunner, failures_from
+from data_checks.suites import type_expectations
+from features.contract import TABLES, Col, T
+from features.io import find_source, load_table
+
+RUN_DATE = dt.date(2024, 7, 1)
+AFTER_RUN = pd.Timestamp(RUN_DATE) + pd.Timedelta(days=1, hours=10)
+
+
+@pytest.fixture(params=["handmade_dir", "generated_dir"])
+def clean_dir(request: pytest.FixtureRequest) -> Path:
+    """A clean data folder (shared fixtures: corrupt only a `work_dir` copy)."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def work_dir(clean_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the clean folder, free to corrupt."""
+    return Path(shutil.copytree(clean_dir, tmp_path / "work"))
+
+
+# -- helpers: edit a table in whatever format it came -------------------------------------
+
+
+def read(data_dir: Path, name: str) -> pd.DataFrame:
+    """The table as the contract types it."""
+    lt = load_table(data_dir, name)
+    assert lt is not None and not lt.issues, name
+    return lt.frame
+
+
+def write(data_dir: Path, name: str, df: pd.DataFrame, fmt: str | None = None) -> None:
+    """Replace the table, as CSV or Parquet (default: the format it had)."""
+    source = find_source(data_dir, name)
+    assert source is not None, name
+    fmt = fmt or ("csv" if source.suffix == ".csv" else "parquet")
+    if source.is_dir():
+        shutil.rmtree(source)
+    else:
+        source.unlink()
+    if fmt == "csv":
+        df.to_csv(data_dir / f"{name}.csv", index=False)
+    else:
+        df.to_parquet(data_dir / f"{name}.parquet", index=False)
+
+
+def edit(name: str, change: Callable[[pd.DataFrame], None]) -> Callable[[Path], None]:
+    """A corruption that applies `change` to a copy of table `name`."""
+
+    def corrupt(data_dir: Path) -> None:
+        df = read(data_dir, name).copy()
+        change(df)
+        write(data_dir, name, df)
+
+    return corrupt
+
+
+def set_first(column: str, value: object) -> Callable[[pd.DataFrame], None]:
+    def change(df: pd.DataFrame) -> None:
+        df.loc[df.index[0], column] = value
+
+    return change
+
+
+def text_in(column: str) -> Callable[[pd.DataFrame], None]:
+    def change(df: pd.DataFrame) -> None:
+        df[column] = df[column].astype(str)
+        df.loc[df.index[0], column] = "lots"
+
+    return change
+
+
+def day_before(later: str, earlier: str) -> Callable[[pd.DataFrame], None]:
+    def change(df: pd.DataFrame) -> None:
+        df.loc[df.index[0], later] = df.loc[df.index[0], earlier] - pd.Timedelta(days=1)
+
+    return change
+
+
+def duplicate_first(column: str) -> Callable[[pd.DataFrame], None]:
+    def change(df: pd.DataFrame) -> None:
+        df.loc[df.index[1], column] = df.loc[df.index[0], column]
+
+    return change
+
+
+def drop_column(name: str, column: str) -> Callable[[Path], None]:
+    def change(df: pd.DataFrame) -> None:
+        del df[column]
+
+    return edit(name, change)
+
+
+def delete_table(name: str) -> Callable[[Path], None]:
+    def corrupt(data_dir: Path) -> None:
+        source = find_source(data_dir, name)
+        assert source is not None
+        shutil.rmtree(source) if source.is_dir() else source.unlink()
+
+    return corrupt
+
+
+def as_csv(name: str) -> Callable[[Path], None]:
+    def corrupt(data_dir: Path) -> None:
+        write(data_dir, name, read(data_dir, name), fmt="csv")
+
+    return corrupt
+
+
+def bad_csv_time(name: str, column: str) -> Callable[[Path], None]:
+    def corrupt(data_dir: Path) -> None:
+        as_csv(name)(data_dir)
+        df = pd.read_csv(data_dir / f"{name}.csv", dtype=str)
+        df.loc[0, column] = "31/02/2024 25:61"
+        df.to_csv(data_dir / f"{name}.csv", index=False)
+
+    return corrupt
+
+
+def both_formats(name: str) -> Callable[[Path], None]:
+    def corrupt(data_dir: Path) -> None:
+        df = read(data_dir, name)
+        source = find_source(data_dir, name)
+        assert source is not None
+        other = "parquet" if source.suffix == ".csv" else "csv"
+        getattr(df, f"to_{other}")(data_dir / f"{name}.{other}", index=False)
+
+    return corrupt
+
+
+def run(data_dir: Path, reports_dir: Path | None = None) -> CheckReport:
+    return check_folder(data_dir, RUN_DATE, reports_dir)
+
+
+def failures_for(report: CheckReport, table: str, column: str | None) -> list[Failure]:
+    return [f for f in report.failures if f.table == table and f.column == column]
+
+
+# -- clean data -----------------------------------------------------------------------------
+
+
+def test_clean_data_passes(clean_dir: Path) -> None:
+    report = run(clean_dir)
+    assert report.success, report.failure_table()
+    assert report.failures == []
+    assert set(report.tables_checked) == set(TABLES)
+    rows = sum(report.tables_checked.values())
+    line = report.summary_line()
+    assert line.startswith("OK") and f"{rows:,} rows" in line
+    assert report.expectations_run > 100
+    json.dumps(report.results, allow_nan=False)
+    assert json.loads(report.to_json())["success"] is True
+
+
+def test_type_checks_accept_coerced_dtypes_only(handmade_dir: Path) -> None:
+    """GX type names match what the loader yields (pandas 3 str, Int64, ...), not others."""
+    table = TABLES[T.SUPPORT_TICKETS]
+    frame = read(handmade_dir, table.name)
+    runner = GxRunner()
+    expectations = type_expectations(table, frame.columns)
+    ok = runner.validate("types", table.name, frame, expectations, [])
+    assert failures_from(ok, table.name, frame, []) == []
+    wrong = frame.astype({Col.CSAT: "float64", Col.ESCALATED: "str", Col.CREATED_AT: "str"})
+    bad = runner.validate("types", table.name, wrong, expectations, [])
+    failed = {f.column for f in failures_from(bad, table.name, wrong, [])}
+    assert failed == {Col.CSAT, Col.ESCALATED, Col.CREATED_AT}
+
+
+PASSING = {
+    "optional table missing": delete_table(T.NPS_RESPONSES),
+    "table as CSV": as_csv(T.ACCOUNTS),
+    "subscription runs on past run date": edit(
+        T.SUBSCRIPTIONS, set_first(Col.END_DATE, AFTER_RUN.normalize())
+    ),
+    "outcome due after run date": edit(T.OUTCOMES, set_first(Col.DUE_DATE, AFTER_RUN.normalize())),
+}
+
+
+@pytest.mark.parametrize("change", PASSING.values(), ids=PASSING.keys())
+def test_legitimate_variations_pass(work_dir: Path, change: Callable[[Path], None]) -> None:
+    change(work_dir)
+    report = run(work_dir)
+    assert report.success, report.failure_table()
+
+
+# -- corruptions: (change, table, column named by a failure) ---------------------------------
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str | None]] = {
+    "text in mrr": (edit(T.SUBSCRIPTIONS, text_in(Col.MRR)), T.SUBSCRIPTIONS, Col.MRR),
+    "missing column": (drop_column(T.SUBSCRIPTIONS, Col.PLAN), T.SUBSCRIPTIONS, Col.PLAN),
+    "missing required table": (delete_table(T.USAGE_EVENTS), T.USAGE_EVENTS, None),
+    "nps 11": (edit(T.NPS_RESPONSES, set_first(Col.SCORE, 11)), T.NPS_RESPONSES, Col.SCORE),
+    "csat 0": (edit(T.SUPPORT_TICKETS, set_first(Col.CSAT, 0)), T.SUPPORT_TICKETS, Col.CSAT),
+    "negative mrr": (edit(T.SUBSCRIPTIONS, set_first(Col.MRR, -5.0)), T.SUBSCRIPTIONS, Col.MRR),
+    "duplicate ticket_id": (
+        edit(T.SUPPORT_TICKETS, duplicate_first(Col.TICKET_ID)),
+        T.SUPPORT_TICKETS,
+        Col.TICKET_ID,
+    ),
+    "orphan account in tickets": (
+        edit(T.SUPPORT_TICKETS, set_first(Col.ACCOUNT_ID, "NO-SUCH-ACCOUNT")),
+        T.SUPPORT_TICKETS,
+        Col.ACCOUNT_ID,
+    ),
+    "orphan account in usage": (
+        edit(T.USAGE_EVENTS, set_first(Col.ACCOUNT_ID, "NO-SUCH-ACCOUNT")),
+        T.USAGE_EVENTS,
+        Col.ACCOUNT_ID,
+    ),
+    "orphan outcome": (
+        edit(T.OUTCOME_MEASUREMENTS, set_first(Col.OUTCOME_ID, "NO-SUCH-OUTCOME")),
+        T.OUTCOME_MEASUREMENTS,
+        Col.OUTCOME_ID,
+    ),
+    "resolved before created": (
+        edit(T.SUPPORT_TICKETS, day_before(Col.RESOLVED_AT, Col.CREATED_AT)),
+        T.SUPPORT_TICKETS,
+        Col.RESOLVED_AT,
+    ),
+    "end before start": (
+        edit(T.SUBSCRIPTIONS, day_before(Col.END_DATE, Col.START_DATE)),
+        T.SUBSCRIPTIONS,
+        Col.END_DATE,
+    ),
+    "event after run date": (
+        edit(T.USAGE_EVENTS, set_first(Col.EVENT_TIME, AFTER_RUN)),
+        T.USAGE_EVENTS,
+        Col.EVENT_TIME,
+    ),
+    "unparseable time in CSV": (
+        bad_csv_time(T.ACCOUNTS, Col.CREATED_AT),
+        T.ACCOUNTS,
+        Col.CREATED_AT,
+    ),
+    "CSV and Parquet both": (both_formats(T.ACCOUNTS), T.ACCOUNTS, None),
+    "priority critical": (
+        edit(T.SUPPORT_TICKETS, set_first(Col.PRIORITY, "critical")),
+        T.SUPPORT_TICKETS,
+        Col.PRIORITY,
+    ),
+}
+
+
+@pytest.mark.parametrize(("change", "table", "column"), CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_corruption_fails_naming_table_and_column(
+    work_dir: Path, change: Callable[[Path], None], table: str, column: str | None
+) -> None:
+    change(work_dir)
+    report = run(work_dir)
+    assert not report.success
+    found = failures_for(report, table, column)
+    assert found, report.failure_table()
+    assert report.summary_line().startswith("FAILED")
+    assert all(f.failing_rows >= 0 for f in report.failures)
+
+
+def test_foreign_keys_same_verdict_above_gx_value_set_limit(
+    work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orphans are found, with readable examples, by GX and by the large-set pandas path."""
+    edit(T.SUPPORT_TICKETS, set_first(Col.ACCOUNT_ID, "NO-SUCH-ACCOUNT"))(work_dir)
+    edit(T.USAGE_EVENTS, set_first(Col.ACCOUNT_ID, "NO-SUCH-ACCOUNT"))(work_dir)
+    ticket = read(work_dir, T.SUPPORT_TICKETS)[Col.TICKET_ID].iloc[0]
+    with_gx = run(work_dir)
+    monkeypatch.setattr("data_checks.checks.GX_VALUE_SET_LIMIT", 0)
+    with_pandas = run(work_dir)
+    assert with_pandas.failures == with_gx.failures
+    (tickets,) = failures_for(with_gx, T.SUPPORT_TICKETS, Col.ACCOUNT_ID)
+    assert (tickets.failing_rows, tickets.examples) == (
+        1,
+        [f"{Col.TICKET_ID}={ticket} {Col.ACCOUNT_ID}=NO-SUCH-ACCOUNT"],
+    )
+    (usage,) = failures_for(with_gx, T.USAGE_EVENTS, Col.ACCOUNT_ID)
+    assert (usage.failing_rows, usage.examples) == (1, [f"row 0: {Col.ACCOUNT_ID}=NO-SUCH-ACCOUNT"])
+    assert {f.table for f in with_gx.failures} == {T.SUPPORT_TICKETS, T.USAGE_EVENTS}
+
+
+def test_reports_written_and_stale_ones_replaced(work_dir: Path, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for stale in ("summary.json", f"{T.SUPPORT_TICKETS}.json", "cross_table.json"):
+        (reports / stale).write_text('{"stale": true}')
+    edit(T.SUPPORT_TICKETS, set_first(Col.PRIORITY, "critical"))(work_dir)
+    ticket = read(work_dir, T.SUPPORT_TICKETS)[Col.TICKET_ID].iloc[0]
+    report = run(work_dir, reports)
+    (failure,) = report.failures
+    assert failure.examples == [f"{Col.TICKET_ID}={ticket} {Col.PRIORITY}=critical"]
+    expected = {f"{name}.json" for name in [*TABLES, "cross_table", "summary"]}
+    assert {p.name for p in reports.iterdir()} == expected
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["success"] is False
+    assert {(f["table"], f["column"]) for f in summary["failures"]} == {
+        (T.SUPPORT_TICKETS, Col.PRIORITY)
+    }
+    tickets = json.loads((reports / f"{T.SUPPORT_TICKETS}.json").read_text())
+    assert "stale" not in tickets and tickets["validations"]["values"]["success"] is False
+    cross = json.loads((reports / "cross_table.json").read_text())
+    assert "stale" not in cross and cross["foreign_keys"]
+    table = report.failure_table()
+    assert T.SUPPORT_TICKETS in table and Col.PRIORITY in table and "critical" in table

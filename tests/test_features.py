@@ -1,0 +1,600 @@
+"""Point-in-time feature pipeline: hand-computed values, labels, censoring, metadata.
+
+Hand computations use the data set of `features_data` (see its docstring) at
+X = 2024-04-01; windows 7/30/90 days, key event type `workflow_run`. A window of
+w days at as_of is [as_of - w days, as_of): records at as_of itself never count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import shutil
+from pathlib import Path
+
+import features_data as hb
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import Col, T
+from features.labels import label_frame
+from features.meta import Family
+from features.pipeline import KEY_COLUMNS, Snapshots, build_snapshots
+from features.settings import FeatureParams, Windows
+
+X = hb.X
+
+
+@pytest.fixture(scope="module")
+def hand_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-built tables; subscriptions and tickets as CSV, the rest Parquet."""
+    out = tmp_path_factory.mktemp("hand") / "raw"
+    return hb.write(hb.tables(), out, csv=(T.SUBSCRIPTIONS, T.SUPPORT_TICKETS))
+
+
+@pytest.fixture(scope="module")
+def hand(hand_dir: Path) -> Snapshots:
+    return build_snapshots(hand_dir, hb.PARAMS)
+
+
+def row(snaps: Snapshots, account: str, as_of: str | pd.Timestamp) -> pd.Series:
+    f = snaps.frame
+    hit = f[(f[Col.ACCOUNT_ID] == account) & (f[Col.AS_OF] == pd.Timestamp(as_of))]
+    assert len(hit) == 1, f"expected one row for {account} at {as_of}, got {len(hit)}"
+    return hit.iloc[0]
+
+
+def family_columns(snaps: Snapshots, family: Family) -> list[str]:
+    return [f.name for f in snaps.features if f.family == family]
+
+
+def check(r: pd.Series, expected: dict[str, float | None]) -> None:
+    """Every expected value matches (None: the feature is missing / NaN)."""
+    for name, want in expected.items():
+        got = r[name]
+        if want is None:
+            assert pd.isna(got), f"{name}: expected missing, got {got!r}"
+        else:
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-12), f"{name}: {got!r} != {want!r}"
+
+
+# --------------------------------------------------------------------------- population
+
+
+def test_calendar_and_population(hand: Snapshots) -> None:
+    f = hand.frame
+    assert list(pd.DatetimeIndex(sorted(f[Col.AS_OF].unique()))) == list(hb.AS_OFS)
+    members = f.groupby(Col.AS_OF)[Col.ACCOUNT_ID].apply(lambda s: "".join(sorted(s)))
+    # A's only term ends 2024-02-15: present on Jan 1 and Feb 1, absent afterwards.
+    assert members.to_dict() == {
+        pd.Timestamp("2024-01-01"): "ABC",
+        pd.Timestamp("2024-02-01"): "ABC",
+        pd.Timestamp("2024-03-01"): "BC",
+        pd.Timestamp("2024-04-01"): "BC",
+        pd.Timestamp("2024-05-01"): "BC",
+        pd.Timestamp("2024-06-01"): "BC",
+        pd.Timestamp("2024-06-21"): "BC",
+    }
+    assert not f.duplicated(list(KEY_COLUMNS)).any()
+    assert hand.cutoff == pd.Timestamp(hb.CUTOFF)
+
+
+# --------------------------------------------------------------------------- families by hand
+
+
+def test_usage_features_by_hand(hand: Snapshots) -> None:
+    r = row(hand, "C", X)
+    expected = {
+        # u1 (X-1, X-3), u8 (X-7, first day of the window); u9 at X-8 is outside
+        "active_users_7d": 2,
+        # + u9 (X-8), u2 (X-20), u3 (X-30, first day); u4 at X-31 is outside
+        "active_users_30d": 5,
+        # + u4 (X-31), u5 (X-90, first day); u6 at X-91 outside; u1 at X and u7 later ignored
+        "active_users_90d": 7,
+        "active_users_ratio_30d_90d": 5 / 7,
+        # u1 x2, u8, u9, u2 x2 (identical repeat counts), u3
+        "events_30d": 7,
+        "events_per_active_user_30d": 7 / 5,
+        # days Mar 31, 29, 25, 24, 12, 2
+        "active_days_30d": 6,
+        # one user on each of those 6 days: mean DAU 6/30 over MAU 5
+        "stickiness_dau_mau_30d": 6 / 30 / 5,
+        # workflow_run, login, report (export at X-90 is outside 30 d)
+        "event_types_30d": 3,
+        # u1 ran a workflow at X-1; u4's workflow_run at X-31 is outside
+        "key_feature_user_share_30d": 1 / 5,
+        # prior 30 d = [X-60, X-30): u4 at X-31 and u2 at X-51: 2 events -> 7/2 - 1
+        "events_trend_30d": 7 / 2 - 1,
+        # user-days 6 vs 2
+        "user_days_trend_30d": 6 / 2 - 1,
+        # last usage on Mar 31 (the event at X 00:00 does not count)
+        "days_since_last_activity": 1,
+    }
+    assert sorted(expected) == sorted(family_columns(hand, Family.USAGE))
+    check(r, expected)
+
+
+def test_usage_for_the_other_accounts_and_dates(hand: Snapshots) -> None:
+    # B at X: b1 on X-12, b2 on X-4 (a report).
+    check(
+        row(hand, "B", X),
+        {"active_users_7d": 1, "active_users_30d": 2, "events_30d": 2,
+         "key_feature_user_share_30d": 0.0, "days_since_last_activity": 4,
+         "events_trend_30d": None},  # nothing in the prior 30 days
+    )  # fmt: skip
+    # C on Feb 1: u5 (Jan 2, 30 days before) and u6 (Jan 1, 31 days before, still in 90 d).
+    check(
+        row(hand, "C", "2024-02-01"),
+        {"active_users_7d": 0, "active_users_30d": 1, "active_users_90d": 2,
+         "days_since_last_activity": 30},
+    )  # fmt: skip
+    # C on Jan 1: no usage yet.
+    check(
+        row(hand, "C", "2024-01-01"),
+        {"active_users_90d": 0, "events_30d": 0, "events_per_active_user_30d": None,
+         "stickiness_dau_mau_30d": None, "days_since_last_activity": None},
+    )  # fmt: skip
+
+
+def test_support_features_by_hand(hand: Snapshots) -> None:
+    r = row(hand, "B", X)
+    expected = {
+        # T1 (6.6 d ago), T2 (21.6 d), T7 (Mar 31 23:00, 1 h ago); T6 opened at X is ignored
+        "tickets_30d": 3,
+        # + T3 (40.7 d), T4 (89.5 d); T5 (90.7 d) is outside
+        "tickets_90d": 5,
+        # T2 and T7 resolved after X, T5 never: open at X whatever their age
+        "open_tickets": 3,
+        # T1 high, T2 urgent of 5
+        "severe_ticket_share_90d": 2 / 5,
+        # resolved before X: T1 24 h, T3 6 h, T4 24 h
+        "median_resolution_hours_90d": 24.0,
+        # T1, T4
+        "escalations_90d": 2,
+        # CSAT of tickets resolved before X: T1 2, T3 4 (T4 none; T2's 5 comes after X)
+        "csat_mean_90d": 3.0,
+        # 5 tickets / 20 seats
+        "tickets_per_seat_90d": 5 / 20,
+        # T7, one hour before X
+        "days_since_last_ticket": 1 / 24,
+    }
+    assert sorted(expected) == sorted(family_columns(hand, Family.SUPPORT))
+    check(r, expected)
+    # C: one ticket (T8, 17 d before X) on 130 seats.
+    check(row(hand, "C", X), {"tickets_90d": 1, "open_tickets": 0, "csat_mean_90d": 5.0,
+                              "tickets_per_seat_90d": 1 / 130})  # fmt: skip
+
+
+def test_sentiment_features_by_hand(hand: Snapshots) -> None:
+    r = row(hand, "B", X)
+    # In 365 d: R1 9 (11.5 d ago, b1), R2 4 (60 d, b2), R3 7 (244 d, b1).
+    # R4 (397 d) is outside the window; R5 (after X) is ignored.
+    expected = {
+        "nps_last": 9,  # R1
+        "nps_mean_365d": (9 + 4 + 7) / 3,
+        "nps_365d": (1 / 3 - 1 / 3) * 100,  # one promoter, one detractor, one passive
+        "detractor_share_365d": 1 / 3,
+        "promoter_share_365d": 1 / 3,
+        # last 182 d: R1, R2 -> 6.5; the 182 d before: R3 -> 7
+        "nps_trend_182d": 6.5 - 7,
+        "days_since_last_nps": 11.5,
+        "nps_responses_365d": 3,
+        # distinct respondents b1, b2 over 20 seats
+        "nps_response_rate_365d": 2 / 20,
+    }
+    assert sorted(expected) == sorted(family_columns(hand, Family.SENTIMENT))
+    check(r, expected)
+    # On Feb 1, R2 (at 00:00 that day) is not yet before as_of: R3 and R4 remain.
+    check(
+        row(hand, "B", "2024-02-01"),
+        {"nps_last": 7, "nps_responses_365d": 2, "nps_mean_365d": 8.5, "nps_trend_182d": None},
+    )
+
+
+def test_outcomes_features_by_hand(hand: Snapshots) -> None:
+    r = row(hand, "B", X)
+    # Goals set before X: G1..G4, G6 (G5 starts at X).
+    # G1: 100 -> 200, last value before X 160 (the 250 at X is ignored): progress 0.6;
+    #     elapsed 91 of 182 days = 0.5 -> on track.
+    # G2: decrease 50 -> 30, value 42: progress 0.4; elapsed 122 / 183 -> behind.
+    # G3: due Jan 31, value 10 = target: achieved. G4: due Feb 15, progress 0.5: overdue.
+    # G6: active, never measured.
+    expected = {
+        "active_goals": 3,  # G1, G2, G6
+        "goals_on_track_share": 1 / 2,  # measured active goals G1 (yes), G2 (no)
+        "goals_achieved_share": 1 / 4,  # G3 of the measured G1..G4
+        "overdue_unmet_goals": 1,  # G4
+        "mean_goal_progress": (0.6 + 0.4) / 2,
+        "days_since_last_measurement": 17,  # G1 on Mar 15
+    }
+    assert sorted(expected) == sorted(family_columns(hand, Family.OUTCOMES))
+    check(r, expected)
+    # A has no goals.
+    check(row(hand, "A", "2024-02-01"), {"active_goals": 0, "overdue_unmet_goals": 0,
+                                          "goals_on_track_share": None,
+                                          "days_since_last_measurement": None})  # fmt: skip
+
+
+def test_commercial_features_by_hand(hand: Snapshots) -> None:
+    r = row(hand, "C", X)
+    expected = {
+        # created 2023-08-15 12:00 (before the first term, 2023-09-01)
+        "tenure_days": 229.5,
+        # on Mar 31 the 2024-02-10 term covers: 6000 USD, 130 seats
+        "mrr_usd": 6000.0,
+        "seats": 130,
+        # 90 days before Mar 31 is Jan 1: the first term, 5000 USD, 100 seats
+        "mrr_change_90d": 6000 / 5000 - 1,
+        "seat_change_90d": 130 / 100 - 1,
+        # first term started 2023-09-01: Apr 1 -> Sep 1 = 30 + 31 + 30 + 31 + 31
+        "days_to_renewal": 153,
+        # terms started 2023-09-01 and 2024-02-10
+        "subscription_changes_365d": 2,
+        "has_csm": 1.0,
+    }
+    categorical = {"plan": "enterprise", "segment": "enterprise", "industry": "retail",
+                   "region": "amer"}  # fmt: skip
+    assert sorted([*expected, *categorical]) == sorted(family_columns(hand, Family.COMMERCIAL))
+    check(r, expected)
+    for name, want in categorical.items():
+        assert r[name] == want
+    # A on Feb 1: no CSM, no industry, one unchanged term of 100 USD.
+    a = row(hand, "A", "2024-02-01")
+    check(a, {"mrr_usd": 100.0, "mrr_change_90d": 0.0, "has_csm": 0.0, "seats": 5,
+              "days_to_renewal": 151})  # 2024-02-01 -> 2024-07-01  # fmt: skip
+    assert pd.isna(a["industry"])
+    assert a["segment"] == "smb"
+    # B on Mar 1: the renewal starts that day, so it is not yet known; Feb 29 is covered.
+    # 365 days before 2024-03-01 is 2023-03-02 (leap year): the first term (2023-03-01)
+    # started just outside the last year.
+    check(row(hand, "B", "2024-03-01"), {"mrr_usd": 1000.0, "subscription_changes_365d": 0})
+    check(row(hand, "B", "2024-04-01"), {"mrr_usd": 1000.0, "subscription_changes_365d": 1})
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_labels_by_hand(hand: Snapshots) -> None:
+    churn, expansion = hand.label_columns
+    assert (churn, expansion) == ("churn_90d", "expansion_90d")
+    want = {
+        # A's only term ends 2024-02-15: nothing covers Mar 31 or May 1.
+        ("A", "2024-01-01"): (1, 0),
+        ("A", "2024-02-01"): (1, 0),
+        # B renews on the day after its term ends: never churns, same MRR.
+        ("B", "2024-01-01"): (0, 0),
+        ("B", "2024-02-01"): (0, 0),
+        ("B", "2024-03-01"): (0, 0),
+        # C: 5000 -> 6000 on 2024-02-10 (+20 %), seen from Jan 1 and Feb 1, not from Mar 1.
+        ("C", "2024-01-01"): (0, 1),
+        ("C", "2024-02-01"): (0, 1),
+        ("C", "2024-03-01"): (0, 0),
+    }
+    for (account, as_of), (c, e) in want.items():
+        r = row(hand, account, as_of)
+        assert (r[churn], r[expansion]) == (c, e), (account, as_of)
+    assert row(hand, "C", "2024-02-01")[Col.MRR] == 5000.0
+    # as_of + 90 d after the cutoff (2024-06-20 10:00) from Apr 1 on: censored.
+    late = hand.frame[hand.frame[Col.AS_OF] >= X]
+    assert len(late) == 8
+    assert late[churn].isna().all() and late[expansion].isna().all()
+
+
+def test_expansion_threshold_is_inclusive() -> None:
+    """MRR exactly +10 % is an expansion (1.1 * 100 > 110 in floating point)."""
+    subs = pd.DataFrame(
+        {
+            Col.ACCOUNT_ID: ["p", "p", "q", "q"],
+            Col.START_DATE: hb.ts(["2023-01-01", "2023-03-01", "2023-01-01", "2023-03-01"]),
+            Col.END_DATE: hb.ts(["2023-02-28", None, "2023-02-28", None]),
+            Col.MRR: [100.0, 110.0, 100.0, 109.99],
+        }
+    )
+    grid = pd.DataFrame({Col.ACCOUNT_ID: ["p", "q"], Col.AS_OF: hb.ts(["2023-02-01"] * 2)})
+    labels = label_frame(grid, subs, pd.Timestamp("2024-01-01"), FeatureParams())
+    assert labels["expansion_90d"].tolist() == [1, 0]
+    assert labels["churn_90d"].tolist() == [0, 0]
+
+
+# --------------------------------------------------------------------------- censoring
+
+
+def test_censoring_with_derived_cutoff(hand_dir: Path) -> None:
+    """No explicit cutoff: it is the newest observed record; the day after is scored."""
+    params = hb.PARAMS.model_copy(update={"cutoff": None, "last_as_of": None})
+    snaps = build_snapshots(hand_dir, params)
+    # the newest observed record: B's login on 2024-06-18 09:00
+    assert snaps.cutoff == pd.Timestamp("2024-06-18 09:00")
+    f = snaps.frame
+    newest = f[Col.AS_OF].max()
+    assert newest == pd.Timestamp("2024-06-19")
+    scoring = f[f[Col.AS_OF] == newest]
+    assert sorted(scoring[Col.ACCOUNT_ID]) == ["B", "C"]
+    labelled = f[Col.AS_OF] + pd.Timedelta(days=90) <= snaps.cutoff
+    for col in snaps.label_columns:
+        assert f.loc[~labelled, col].isna().all()
+        assert f.loc[labelled, col].notna().all()
+    assert labelled.sum() == 8  # Jan 1 (A, B, C), Feb 1 (A, B, C), Mar 1 (B, C)
+    # The scoring snapshot sees the latest data: B's login the day before.
+    assert row(snaps, "B", newest)["days_since_last_activity"] == 1
+
+
+def test_censoring_boundary_is_inclusive(hand_dir: Path) -> None:
+    """as_of + horizon == cutoff is observed; one second less is not."""
+    exact = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 30)})  # Mar 1 + 90 d
+    r = row(build_snapshots(hand_dir, exact), "C", "2024-03-01")
+    assert (r["churn_90d"], r["expansion_90d"]) == (0, 0)
+    early = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 29, 23, 59, 59)})
+    r = row(build_snapshots(hand_dir, early), "C", "2024-03-01")
+    assert pd.isna(r["churn_90d"]) and pd.isna(r["expansion_90d"])
+
+
+def test_censoring_on_generated(generated_dir: Path) -> None:
+    snaps = build_snapshots(generated_dir, FeatureParams(key_event_types=("workflow_run",)))
+    f = snaps.frame
+    cutoff = snaps.cutoff
+    assert f[Col.AS_OF].max() == cutoff.normalize() + pd.Timedelta(days=1)
+    late = f[Col.AS_OF] + pd.Timedelta(days=90) > cutoff
+    assert late.any() and (~late).any()
+    for col in snaps.label_columns:
+        assert f.loc[late, col].isna().all()
+        assert f.loc[~late, col].notna().all()
+        assert set(f.loc[~late, col].astype(int)) <= {0, 1}
+    assert (f.loc[~late, "churn_90d"] == 1).any()
+    assert (f.loc[~late, "expansion_90d"] == 1).any()
+
+
+# --------------------------------------------------------------------------- churn and return
+
+
+def test_account_that_churns_and_comes_back(tmp_path: Path) -> None:
+    frames = hb.tables()
+    back = pd.DataFrame(
+        {"account_id": ["A"], "start_date": hb.ts(["2024-04-10"]), "end_date": hb.ts([None]),
+         "mrr": [80.0], "seats": [4], "plan": ["starter"]}
+    )  # fmt: skip
+    frames[T.SUBSCRIPTIONS] = pd.concat([frames[T.SUBSCRIPTIONS], back], ignore_index=True)
+    snaps = build_snapshots(hb.write(frames, tmp_path / "raw"), hb.PARAMS)
+    f = snaps.frame
+    present = sorted(f.loc[f[Col.ACCOUNT_ID] == "A", Col.AS_OF].dt.strftime("%Y-%m-%d"))
+    # ended 2024-02-15, back from 2024-04-10: absent on Mar 1 and Apr 1
+    assert present == ["2024-01-01", "2024-02-01", "2024-05-01", "2024-06-01", "2024-06-21"]
+    # Jan 1 + 90 d = Mar 31: the gap -> churn. Feb 1 + 90 d = May 1: back by then -> no churn.
+    assert row(snaps, "A", "2024-01-01")["churn_90d"] == 1
+    assert row(snaps, "A", "2024-02-01")["churn_90d"] == 0
+    # 100 -> 80: not an expansion.
+    assert row(snaps, "A", "2024-02-01")["expansion_90d"] == 0
+    back_row = row(snaps, "A", "2024-05-01")
+    assert back_row["mrr_usd"] == 80.0
+    assert back_row["subscription_changes_365d"] == 2
+    # The returning account's history is kept: its last usage (Feb 5) is 86 days old.
+    assert back_row["days_since_last_activity"] == 86
+    # Everything else is unchanged by A's return.
+    base = build_snapshots(hb.write(hb.tables(), tmp_path / "base"), hb.PARAMS).frame
+    others = f[f[Col.ACCOUNT_ID] != "A"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others, base[base[Col.ACCOUNT_ID] != "A"].reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- optional tables
+
+FAMILY_TABLES = {
+    Family.SUPPORT: (T.SUPPORT_TICKETS,),
+    Family.SENTIMENT: (T.NPS_RESPONSES,),
+    Family.OUTCOMES: (T.OUTCOMES, T.OUTCOME_MEASUREMENTS),
+}
+
+_GEN_PARAMS = FeatureParams(
+    first_as_of=dt.date(2023, 6, 1),
+    last_as_of=dt.date(2024, 1, 2),
+    cutoff=dt.datetime(2024, 1, 1),
+    key_event_types=("workflow_run", "api_call"),
+)
+
+
+@pytest.fixture(scope="module")
+def generated_full(generated_dir: Path) -> Snapshots:
+    return build_snapshots(generated_dir, _GEN_PARAMS)
+
+
+def meta_matches_frame(snaps: Snapshots) -> None:
+    cols = [c for c in snaps.frame.columns
+            if c not in (*KEY_COLUMNS, Col.MRR, *snaps.label_columns)]  # fmt: skip
+    assert snaps.feature_names == cols
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        (T.SUPPORT_TICKETS,),
+        (T.NPS_RESPONSES,),
+        (T.OUTCOMES, T.OUTCOME_MEASUREMENTS),
+        (T.OUTCOME_MEASUREMENTS,),  # goals without measurements: no outcome features
+        (T.SUPPORT_TICKETS, T.NPS_RESPONSES, T.OUTCOMES, T.OUTCOME_MEASUREMENTS),
+    ],
+)
+def test_optional_tables_absent(
+    removed: tuple[str, ...], generated_dir: Path, generated_full: Snapshots, tmp_path: Path
+) -> None:
+    data = tmp_path / "raw"
+    shutil.copytree(generated_dir, data)
+    for name in removed:
+        (data / f"{name}.parquet").unlink()
+    snaps = build_snapshots(data, _GEN_PARAMS)
+    meta_matches_frame(snaps)
+    gone = {fam for fam, names in FAMILY_TABLES.items() if set(names) & set(removed)}
+    assert {f.family for f in snaps.features} == set(Family) - gone
+    for fam in gone:
+        absent = family_columns(generated_full, fam)
+        assert absent and not set(absent) & set(snaps.frame.columns)
+    # Every other column (keys, remaining features, labels) is exactly as with all tables.
+    full = generated_full.frame
+    pd.testing.assert_frame_equal(snaps.frame, full[list(snaps.frame.columns)])
+
+
+def test_only_required_tables_with_derived_calendar(tmp_path: Path) -> None:
+    frames = hb.tables()
+    required = {n: frames[n] for n in (T.ACCOUNTS, T.SUBSCRIPTIONS, T.USAGE_EVENTS)}
+    data = hb.write(required, tmp_path / "raw")
+    snaps = build_snapshots(data, FeatureParams(min_history_days=30))
+    meta_matches_frame(snaps)
+    assert {f.family for f in snaps.features} == {Family.USAGE, Family.COMMERCIAL}
+    # Without key event types there is no key-feature share.
+    assert not any(n.startswith("key_feature") for n in snaps.feature_names)
+    # cutoff = B's login 2024-06-18 09:00 (the newest event; no other observed table is later)
+    assert snaps.cutoff == pd.Timestamp("2024-06-18 09:00")
+    # first as_of: the first month start >= first event (2024-01-01 09:00 -> Jan 1) + 30 days
+    assert snaps.frame[Col.AS_OF].min() == pd.Timestamp("2024-02-01")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def test_metadata_on_full_data(generated_full: Snapshots) -> None:
+    feats = generated_full.features
+    meta_matches_frame(generated_full)
+    assert len(feats) >= 40
+    assert {f.family for f in feats} == set(Family)
+    assert len({f.name for f in feats}) == len(feats)
+    frame = generated_full.frame
+    for f in feats:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", f.name), f.name
+        assert isinstance(f.family, Family)
+        assert f.description.strip() and f.unit.strip() and "{value" in f.template, f.name
+        if f.categorical:
+            assert f.sentence("starter") and "starter" in f.sentence("starter")
+            assert frame[f.name].dropna().map(type).eq(str).all(), f.name
+            continue
+        assert frame[f.name].dtype == np.float64, f.name
+        text = f.sentence(0.25)
+        assert "{" not in text and text != f.template, f.name
+        nan_text = f.sentence(float("nan"))
+        assert "{" not in nan_text and "nan" in nan_text.lower(), f.name
+        # The values lie within the declared bounds.
+        values = frame[f.name].dropna()
+        if f.min_value is not None:
+            assert (values >= f.min_value - 1e-9).all(), f.name
+        if f.max_value is not None:
+            assert (values <= f.max_value + 1e-9).all(), f.name
+        assert not np.isinf(values).any(), f.name
+
+
+def _windows_in(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"(\d+) days", text)}
+
+
+def test_feature_names_carry_windows_and_units(generated_full: Snapshots) -> None:
+    """A window in the description is in the name as `_{N}d` and vice versa; units show."""
+    for f in generated_full.features:
+        in_name = {int(n) for n in re.findall(r"_(\d+)d(?=_|$)", f.name)}
+        in_text = _windows_in(f.description)
+        if "last year" in f.description:
+            in_text.add(365)
+        assert in_name == in_text, (f.name, f.description)
+        if f.unit == "days":
+            assert "days" in f.name, f.name
+        if f.unit == "hours":
+            assert "hours" in f.name, f.name
+        if f.unit.startswith("USD"):
+            assert f.name.endswith("_usd"), f.name
+        if f.unit == "ratio":
+            assert re.search(r"share|ratio|trend|change|stickiness|rate|progress", f.name), f.name
+        assert (
+            in_name
+            or f.categorical
+            or re.search(r"days|hours|usd|seats|tickets|goals|share|progress|nps|has_", f.name)
+        ), f.name
+
+
+def test_configured_windows_rename_and_recompute(hand_dir: Path) -> None:
+    params = hb.PARAMS.model_copy(
+        update={"windows": Windows(short=3, medium=20, long=60), "sentiment_window_days": 100}
+    )
+    snaps = build_snapshots(hand_dir, params)
+    meta_matches_frame(snaps)
+    names = set(snaps.feature_names)
+    for n in ("active_users_3d", "active_users_20d", "active_users_60d", "events_20d",
+              "tickets_20d", "tickets_60d", "nps_mean_100d", "nps_trend_50d"):  # fmt: skip
+        assert n in names
+    assert not {"active_users_7d", "tickets_90d", "nps_mean_365d"} & names
+    # C at X, 3 d: u1 (X-1, X-3); 20 d: + u8, u9, u2 (X-20); 60 d: + u3, u4, u2 (Feb 10)
+    check(row(snaps, "C", X), {"active_users_3d": 1, "active_users_20d": 4,
+                                "active_users_60d": 6})  # fmt: skip
+    # B at X, 20 d: T1, T7 and T2 (21.6 d) is out; 60 d: + T2, T3
+    check(row(snaps, "B", X), {"tickets_20d": 2, "tickets_60d": 4, "nps_responses_100d": 2})
+
+
+# --------------------------------------------------------------------------- event sources
+
+
+def test_usage_sources_csv_and_parquet_folder_agree(hand: Snapshots, tmp_path: Path) -> None:
+    frames = hb.tables()
+    events = frames.pop(T.USAGE_EVENTS)
+
+    csv_dir = hb.write(frames, tmp_path / "csv")
+    text = events.copy()
+    stamps = events["event_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    # Same instants written with offsets: X-1 23:30 UTC as +02:00 is already "Apr 1" locally.
+    stamps.iloc[0] = "2024-04-01 01:30:00+02:00"
+    stamps.iloc[1] = "2024-03-29T10:00:00Z"
+    text["event_time"] = stamps
+    text["quantity"] = 1.0
+    text.to_csv(csv_dir / f"{T.USAGE_EVENTS}.csv", index=False)
+
+    folder_dir = hb.write(frames, tmp_path / "folder")
+    parts = folder_dir / T.USAGE_EVENTS
+    (parts / "nested").mkdir(parents=True)
+    for i, (account, part) in enumerate(events.groupby("account_id")):
+        where = parts / "nested" if i == 0 else parts
+        part.to_parquet(where / f"part-{account}.parquet", index=False)
+
+    for data in (csv_dir, folder_dir):
+        got = build_snapshots(data, hb.PARAMS)
+        pd.testing.assert_frame_equal(got.frame, hand.frame)
+
+
+def test_sentence_with_missing_value(generated_full: Snapshots) -> None:
+    f = next(f for f in generated_full.features if f.name == "active_users_30d")
+    assert f.sentence(12.0) == "12 users active in the last 30 days"
+    assert f.sentence(math.nan) == "nan users active in the last 30 days"
+    assert f.sentence(None) == "None users active in the last 30 days"
+
+
+# --------------------------------------------------------------------------- calendar choices
+
+
+def test_weekly_calendar_gives_the_same_rows_on_shared_dates(
+    hand: Snapshots, hand_dir: Path
+) -> None:
+    """Features at an as_of do not depend on the other snapshot dates (usage buckets)."""
+    weekly = build_snapshots(hand_dir, hb.PARAMS.model_copy(update={"frequency": "weekly"}))
+    dates = pd.DatetimeIndex(sorted(weekly.frame[Col.AS_OF].unique()))
+    assert len(dates) == 26 and (dates[:-1].dayofweek == 0).all()  # Mondays, then Jun 21
+    keys = list(KEY_COLUMNS)
+    monthly = hand.frame.merge(weekly.frame[keys], on=keys)
+    # 2024-01-01 and 2024-04-01 are Mondays; 2024-06-21 is the last as_of of both
+    assert sorted(monthly[Col.AS_OF].dt.strftime("%m-%d").unique()) == ["01-01", "04-01", "06-21"]
+    pd.testing.assert_frame_equal(
+        monthly.reset_index(drop=True),
+        weekly.frame.merge(hand.frame[keys], on=keys).reset_index(drop=True),
+    )
+
+
+def test_windows_must_be_ordered() -> None:
+    # A medium window longer than the long one would be silently capped by the usage SQL.
+    with pytest.raises(ValueError, match="short < medium < long"):
+        Windows(short=7, medium=100, long=60)
+    with pytest.raises(ValueError, match="short < medium < long"):
+        Windows(short=30, medium=30, long=90)
+
+
+def test_empty_usage_events(hand: Snapshots, tmp_path: Path) -> None:
+    frames = hb.tables()
+    frames[T.USAGE_EVENTS] = frames[T.USAGE_EVENTS].iloc[:0]
+    snaps = build_snapshots(hb.write(frames, tmp_path / "raw"), hb.PARAMS)
+    f = snaps.frame
+    assert (f[["active_users_7d", "events_30d", "active_days_30d"]] == 0).all().all()
+    assert f["days_since_last_activity"].isna().all()
+    others = [c for c in f.columns if c not in family_columns(snaps, Family.USAGE)]
+    pd.testing.assert_frame_equal(f[others], hand.frame[others])
