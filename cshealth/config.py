@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.settings import FeatureParams
+from training.baselines import RuleComponent
+from training.settings import TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -35,11 +37,25 @@ class CheckParams(_Frozen):
     label_prevalence: tuple[float, float] = (0.001, 0.5)
 
 
+DEFAULT_RULES = (
+    # A CS-platform style health score: feature scaled 0-100 between `bad` and `good`.
+    RuleComponent(feature="active_users_ratio_30d_90d", weight=0.20, bad=0.3, good=0.9),
+    RuleComponent(feature="events_trend_30d", weight=0.15, bad=-0.5, good=0.2),
+    RuleComponent(feature="days_since_last_activity", weight=0.10, bad=30, good=1),
+    RuleComponent(feature="severe_ticket_share_90d", weight=0.10, bad=0.6, good=0.0),
+    RuleComponent(feature="csat_mean_90d", weight=0.05, bad=2.5, good=4.5),
+    RuleComponent(feature="nps_365d", weight=0.20, bad=-50, good=50),
+    RuleComponent(feature="goals_on_track_share", weight=0.20, bad=0.0, good=1.0),
+)
+
+
 class Config(_Frozen):
     data: DataParams = DataParams()
     simulator: SimulatorParams = SimulatorParams()
     checks: CheckParams = CheckParams()
     features: FeatureParams = FeatureParams()
+    train: TrainParams = TrainParams()
+    rules: tuple[RuleComponent, ...] = DEFAULT_RULES
 
 
 class ConfigError(ValueError):

@@ -65,3 +65,13 @@ def by_name(features: list[Feature]) -> dict[str, Feature]:
             raise ValueError(f"feature {f.name!r} declared twice")
         out[f.name] = f
     return out
+
+
+def to_dict(f: Feature) -> dict:
+    """JSON-ready form of a feature's metadata."""
+    return {**f.__dict__, "family": f.family.value, "good": f.good.value}
+
+
+def from_dict(d: dict) -> Feature:
+    """Inverse of `to_dict`."""
+    return Feature(**{**d, "family": Family(d["family"]), "good": Good(d["good"])})

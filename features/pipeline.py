@@ -6,7 +6,6 @@ calendar, take the population, compute each family present, attach labels.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from features.commercial import SEATS, commercial_features, commercial_features_
 from features.contract import Col, T
 from features.io import ContractError, Issue, find_source, load_table, write_parquet, write_text
 from features.labels import MRR_COLUMN, label_frame
-from features.meta import Feature, by_name
+from features.meta import Feature, by_name, to_dict
 from features.outcomes import outcomes_features, outcomes_features_meta
 from features.sentiment import sentiment_features, sentiment_features_meta
 from features.settings import FeatureParams
@@ -144,7 +143,7 @@ def metadata(snaps: Snapshots) -> dict:
         "as_of": [d.date().isoformat() for d in sorted(df[Col.AS_OF].unique())],
         "labels": list(snaps.label_columns),
         "mrr_column": MRR_COLUMN,
-        "features": [dataclasses.asdict(f) for f in snaps.features],
+        "features": [to_dict(f) for f in snaps.features],
     }
 
 
