@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test lint bench clean postgres
 
 help:
 	@echo "make demo   set up .venv, generate the sample data and run the pipeline on it"
@@ -29,22 +29,29 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/3 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/4 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/3 checking the data against the contract"
+	@echo ">> 2/4 checking the data against the contract"
 	$(BIN)/cshealth check
-	@echo ">> 3/3 building point-in-time snapshots (features + labels)"
+	@echo ">> 3/4 building point-in-time snapshots (features + labels)"
 	$(BIN)/cshealth features
+	@echo ">> 4/4 training churn + expansion models, backtest vs baselines, MLflow registry"
+	$(BIN)/cshealth train --truth data/truth.parquet
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# The store tests need a real PostgreSQL on 127.0.0.1:5432 (installed and started if missing).
+postgres:
+	@bash .ci/postgres.sh
+
+test: lint postgres
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_features.py --sizes 1,10
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf data reports benchmarks/results $(VENV) .pytest_cache .ruff_cache

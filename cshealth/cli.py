@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cshealth.config import Config, ConfigError, load_config
+from cshealth.config import DEFAULT_PARAMS, Config, ConfigError, load_config
 from features.contract import Col
 
 log = logging.getLogger("cshealth")
@@ -106,6 +107,150 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+_METRIC_COLUMNS = (
+    ("roc_auc", "roc_auc"), ("pr_auc", "pr_auc"), ("brier", "brier"), ("ece", "ece"),
+    ("top_decile_lift", "lift@10%"), ("top_decile_recall", "recall@10%"),
+    ("top_decile_arr_share", "arr@10%"),
+)  # fmt: skip
+
+
+def _metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One block per target, one row per contender, the seven metrics as columns."""
+    head = "".join(f"{label:>11}" for _, label in _METRIC_COLUMNS)
+    lines = []
+    for target, contenders in metrics.items():
+        lines.append(f"{target:<12}{head}")
+        for name, values in contenders.items():
+            cells = "".join(f"{values.get(key, float('nan')):>11.3f}" for key, _ in _METRIC_COLUMNS)
+            lines.append(f"  {name:<10}{cells}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    """Train, backtest and track the churn and expansion models; gate the champion."""
+    import json
+
+    from features.io import write_text
+    from training import tracking
+    from training.train import SnapshotTable, nan_to_none, read_truth, train
+
+    t0 = time.perf_counter()
+    features = Path(args.features or cfg.features.out)
+    reports = Path(args.reports or cfg.train.reports_dir)
+    snaps = SnapshotTable.read(features)
+    truth = read_truth(args.truth) if args.truth else None
+    uri = tracking.check_connection()  # fail before training, not after
+    log.info("training on %s (%d rows, %d features); tracking at %s", features,
+             len(snaps.frame), len(snaps.features), uri)  # fmt: skip
+    result = train(snaps, cfg.train, list(cfg.rules), truth)
+    metrics_file = reports / "metrics.json"
+    write_text(json.dumps(nan_to_none(result.metrics()), indent=2) + "\n", metrics_file)
+    log.info("writing plots to %s/", reports / "plots")
+    from training.plots import write_plots
+
+    plots = write_plots(result, snaps, reports / "plots")
+    log.info("logging the run to MLflow (%s)", uri)
+    params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
+    record = tracking.log_training(
+        result, snaps, features, config=cfg.model_dump(mode="json"), gates=cfg.train.gates,
+        metrics_file=metrics_file, plots=plots, params_file=params_file,
+    )  # fmt: skip
+    print(_metrics_table(result.metrics()))
+    for decision in record.decisions.values():
+        print(decision.line())
+    print(
+        f"wrote {metrics_file} and {len(plots)} plots to {reports / 'plots'}/; MLflow run "
+        f"{record.run_id} at {record.uri} in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
+    """List the registered versions of both models, their aliases and test metrics."""
+    from training import tracking
+
+    rows = tracking.list_models()
+    if not rows:
+        print(f"no registered models at {tracking.tracking_uri()}: run `cshealth train` first")
+        return 0
+    print(f"{'model':<20}{'version':>8}  {'aliases':<10}{'roc_auc':>8}{'ece':>8}  "
+          f"{'created (UTC)':<26}run")  # fmt: skip
+    for r in rows:
+        aliases = ",".join(r["aliases"]) or "-"
+        print(f"{r['name']:<20}{r['version']:>8}  {aliases:<10}{r['roc_auc']:>8.3f}"
+              f"{r['ece']:>8.3f}  {r['created']:<26}{r['run_id']}")  # fmt: skip
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
+    """Move the champion alias to VERSION by hand (both models unless --model is given)."""
+    from training import tracking
+
+    if args.model:
+        moved = {args.model: tracking.promote(args.model, args.version)}
+    else:
+        moved = tracking.promote_pair(args.version)
+    for target, before in moved.items():
+        was = f"v{before}" if before is not None else "none"
+        print(f"{tracking.registered_name(target)}: {tracking.CHAMPION} {was} -> v{args.version}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
+    """Score every account at the newest as_of with the champions; append to the store."""
+    import datetime as dt
+
+    from serving.batch import score_latest
+    from serving.predictor import ModelPair, Scorer
+    from serving.store import ScoreStore, db_url
+    from training import tracking
+    from training.train import SnapshotTable
+
+    features = Path(args.features or cfg.features.out)
+    snaps = SnapshotTable.read(features)
+    churn, v_churn = tracking.load_champion("churn")
+    expansion, v_exp = tracking.load_champion("expansion")
+    scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health)
+    store = ScoreStore(db_url(cfg.serving.db_file))
+    summary = score_latest(snaps.frame, scorer, store, dt.datetime.now(dt.UTC))
+    bands = ", ".join(f"{k} {v}" for k, v in sorted(summary["bands"].items()))
+    print(
+        f"scored {summary['accounts']:,} accounts at as_of {summary['as_of']} with churn "
+        f"v{v_churn} / expansion v{v_exp}: {bands}; mean health {summary['mean_health']}; "
+        f"run {summary['run_id']} in {store!r} ({summary['seconds']} s)"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    """Start the HTTP scoring service (BentoML) over the champions and the score store."""
+    import os
+    import subprocess
+
+    if not os.environ.get("CSHEALTH_API_KEY") and not args.no_auth:
+        print(
+            "error: CSHEALTH_API_KEY is not set. Set it (clients send 'Authorization: Bearer "
+            "<key>'), or pass --no-auth to run without authentication on purpose.",
+            file=sys.stderr,
+        )
+        return 2
+    params = Path(args.params or DEFAULT_PARAMS).resolve()
+    env = {**os.environ, "CSHEALTH_PARAMS": str(params), "BENTOML_DO_NOT_TRACK": "true",
+           "DO_NOT_TRACK": "true"}  # fmt: skip
+    if args.no_auth:
+        env["CSHEALTH_NO_AUTH"] = "1"
+        log.warning("authentication is OFF (--no-auth): anyone who can reach the port can score")
+    port = str(args.port or cfg.serving.port)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    cmd = [str(bentoml), "serve", "serving.service:HealthService", "--host", args.host,
+           "--port", port]  # fmt: skip
+    print(f"serving on http://{args.host}:{port} (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="cshealth", description=__doc__)
@@ -136,14 +281,45 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
     f.add_argument("--out", type=Path, help="snapshot Parquet file (default: features.out)")
     f.set_defaults(func=cmd_features)
+
+    t = sub.add_parser("train", help=cmd_train.__doc__)
+    t.add_argument("--features", type=Path, help="snapshot Parquet file (default: features.out)")
+    t.add_argument("--truth", type=Path, help="simulator truth file: adds the `oracle` metrics")
+    t.add_argument(
+        "--reports", type=Path, help="metrics.json and plots/ (default: train.reports_dir)"
+    )
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help=cmd_score.__doc__)
+    s.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    s.set_defaults(func=cmd_score)
+
+    sv = sub.add_parser("serve", help=cmd_serve.__doc__)
+    sv.add_argument("--port", type=int, help="port (default: serving.port)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    sv.add_argument("--no-auth", action="store_true", help="run without API-key auth")
+    sv.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("models", help=cmd_models.__doc__)
+    m.set_defaults(func=cmd_models)
+
+    pr = sub.add_parser("promote", help=cmd_promote.__doc__)
+    pr.add_argument("version", type=_positive, help="registered model version")
+    pr.add_argument(
+        "--model", choices=["churn", "expansion"],
+        help="promote this model only (default: both, when VERSION of each comes from one run)",
+    )  # fmt: skip
+    pr.set_defaults(func=cmd_promote)
     return p
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("great_expectations", "numexpr", "urllib3"):
+    for noisy in ("great_expectations", "numexpr", "urllib3", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # mlflow (imported later, lazily) resets its logger's level from this variable
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(max(level, logging.WARNING)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,9 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     func: Callable[[argparse.Namespace, Config], int] = args.func
     from features.io import ContractError
+    from training.tracking import TrackingError
 
     try:
         return func(args, cfg)
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except ContractError as err:
         print("error: the data does not meet the contract:", file=sys.stderr)
         for issue in err.issues:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.settings import FeatureParams
+from serving.settings import HealthParams, ServingParams
 from training.baselines import RuleComponent
 from training.settings import TrainParams
 
@@ -56,6 +57,8 @@ class Config(_Frozen):
     features: FeatureParams = FeatureParams()
     train: TrainParams = TrainParams()
     rules: tuple[RuleComponent, ...] = DEFAULT_RULES
+    health: HealthParams = HealthParams()
+    serving: ServingParams = ServingParams()
 
 
 class ConfigError(ValueError):

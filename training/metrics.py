@@ -11,12 +11,27 @@ METRIC_NAMES = (
 )  # fmt: skip
 
 
+def equal_frequency_bins(p: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Bin index (0..bins-1) per score: equal-frequency by rank; tied scores share a bin.
+
+    A score's bin is `floor(bins * (number of scores below it) / n)`, so distinct
+    scores fill the bins equally and the result does not depend on the row order
+    (plateaus of an isotonic calibrator or a rule score are never split at random).
+    """
+    p = np.asarray(p, dtype=float)
+    below = np.searchsorted(np.sort(p), p, side="left")
+    return np.minimum(below * bins // max(len(p), 1), bins - 1)
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """ECE over `bins` equal-frequency bins: sum_b (n_b / n) |mean(y_b) - mean(p_b)|."""
-    order = np.argsort(p, kind="stable")
-    parts = np.array_split(order, bins)
-    n = len(p)
-    return float(sum(len(b) / n * abs(y[b].mean() - p[b].mean()) for b in parts if len(b)))
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if len(p) == 0:
+        return float("nan")
+    b = equal_frequency_bins(p, bins)
+    gap = np.bincount(b, weights=y, minlength=bins) - np.bincount(b, weights=p, minlength=bins)
+    return float(np.abs(gap).sum() / len(p))
 
 
 def top_decile(p: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,3 +40,4 @@ class TrainParams(_Frozen):
     calibration: Literal["auto", "isotonic", "platt"] = "auto"
     monotone_from_metadata: bool = True
     gates: Gates = Gates()
+    reports_dir: Path = Path("reports")  # metrics.json and plots/ are written here

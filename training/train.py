@@ -68,7 +68,9 @@ class TargetResult:
     model: HealthModel
     split: TimeSplit
     metrics: dict[str, dict[str, float]]
-    test: pd.DataFrame  # account_id, as_of, y, mrr and one probability column per contender
+    #: account_id, as_of, y, mrr and one probability column per contender, sorted by
+    #: (as_of, account_id) (join on the keys, not on positions of the split masks)
+    test: pd.DataFrame
     seconds: float = 0.0
 
 
@@ -79,6 +81,11 @@ class TrainResult:
     def metrics(self) -> dict[str, dict[str, dict[str, float]]]:
         """{"churn": {"lightgbm": {...}, "logistic": {...}, ...}, "expansion": {...}}."""
         return {t: r.metrics for t, r in self.targets.items()}
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by (as_of, account_id): the same result whatever the table's row order."""
+    return df.sort_values([Col.AS_OF, Col.ACCOUNT_ID], kind="stable")
 
 
 def train_target(
@@ -93,11 +100,16 @@ def train_target(
     df, label = snaps.frame, snaps.labels[target]
     split = time_split(df, label, params.valid_periods, params.test_periods, snaps.horizon_days,
                        params.purge)  # fmt: skip
-    train, valid, test = df[split.train], df[split.valid], df[split.test]
+    # Canonical row order within each slice: LightGBM's bagging and bin sampling and the
+    # calibrator's CV folds depend on row positions, so the input order must not matter.
+    train, valid, test = (
+        _canonical(df[m.to_numpy()]) for m in (split.train, split.valid, split.test)
+    )
     log.info("%s: split %s", target, split.describe())
     healthy_up = target == EXPANSION
-    model = fit_model(target, label, snaps.features, train, valid, params.lightgbm, params.calibration,
-                      params.seed, params.monotone_from_metadata, healthy_up)  # fmt: skip
+    model = fit_model(target, label, snaps.features, train, valid, params.lightgbm,
+                      params.calibration, params.seed, params.monotone_from_metadata,
+                      healthy_up)  # fmt: skip
     model.info |= {"label": label, "horizon_days": snaps.horizon_days, **split.describe()}
     logistic = fit_logistic(snaps.features, train, label, params.seed)
     rule_cal = fit_rule_calibrator(

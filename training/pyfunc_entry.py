@@ -1,0 +1,11 @@
+"""Models-from-code entry point of the logged pyfunc (MLflow runs this file when loading).
+
+Not imported by the project itself: `training.tracking` passes its path to
+`mlflow.pyfunc.log_model(python_model=...)`, so nothing is pickled.
+"""
+
+from mlflow.models import set_model
+
+from training.pyfunc import HealthModelPyfunc
+
+set_model(HealthModelPyfunc())
