@@ -29,14 +29,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/4 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/5 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/4 checking the data against the contract"
+	@echo ">> 2/5 checking the data against the contract"
 	$(BIN)/cshealth check
-	@echo ">> 3/4 building point-in-time snapshots (features + labels)"
+	@echo ">> 3/5 building point-in-time snapshots (features + labels)"
 	$(BIN)/cshealth features
-	@echo ">> 4/4 training churn + expansion models, backtest vs baselines, MLflow registry"
+	@echo ">> 4/5 training churn + expansion models, backtest vs baselines, MLflow registry"
 	$(BIN)/cshealth train --truth data/truth.parquet
+	@echo ">> 5/5 scoring the newest snapshot into the score store"
+	$(BIN)/cshealth score
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -87,12 +87,12 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
         snaps,
         horizon_days=cfg.features.horizon_days,
         prevalence=cfg.checks.label_prevalence,
-        reports_dir=Path(cfg.checks.reports_dir),
+        report_file=Path(cfg.checks.snapshot_report),
     )
     if not report.success:
         print(f"FAILED: the snapshot table fails {len(report.failures)} checks", file=sys.stderr)
         print(report.failure_table(), file=sys.stderr)
-        print(f"nothing written; full results: {cfg.checks.reports_dir}/", file=sys.stderr)
+        print(f"nothing written; full results: {cfg.checks.snapshot_report}", file=sys.stderr)
         return 1
     write_snapshots(snaps, out)
     df = snaps.frame

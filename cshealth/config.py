@@ -35,6 +35,7 @@ class SimulatorParams(_Frozen):
 
 class CheckParams(_Frozen):
     reports_dir: Path = Path("reports/checks")
+    snapshot_report: Path = Path("reports/features/snapshot_checks.json")
     label_prevalence: tuple[float, float] = (0.001, 0.5)
 
 

@@ -80,9 +80,9 @@ def check_snapshots(
     snaps: Snapshots,
     horizon_days: int,
     prevalence: tuple[float, float] = (0.001, 0.5),
-    reports_dir: Path | None = None,
+    report_file: Path | None = None,
 ) -> CheckReport:
-    """Validate a snapshot table before it is written; results to reports_dir/snapshots.json."""
+    """Validate a snapshot table before it is written; full results to `report_file`."""
     import great_expectations.expectations as gxe
 
     df = snaps.frame
@@ -109,8 +109,7 @@ def check_snapshots(
         results["censored"] = vr2.to_json_dict()
         n += len(vr2.results)
     report = CheckReport(not failures, failures, {SNAPSHOTS: len(df)}, n, jsonable(results))
-    if reports_dir is not None:
-        path = Path(reports_dir) / f"{SNAPSHOTS}.json"
-        write_text(report.to_json(), path)
-        log.info("snapshot check results written to %s", path)
+    if report_file is not None:
+        write_text(report.to_json(), Path(report_file))
+        log.info("snapshot check results written to %s", report_file)
     return report

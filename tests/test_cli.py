@@ -81,7 +81,8 @@ def test_features_stage_writes_checked_snapshots(
 
     out = tmp_path / "snap" / "snapshots.parquet"
     params = tmp_path / "params.yaml"
-    params.write_text(f"checks:\n  reports_dir: {tmp_path / 'checks'}\n")
+    report = tmp_path / "checks" / "snap.json"
+    params.write_text(f"checks:\n  snapshot_report: {report}\n")
     argv = ["--params", str(params), "features", "--data", str(generated_dir), "--out", str(out)]
     assert main(argv) == 0
     df = pd.read_parquet(out)
@@ -90,7 +91,7 @@ def test_features_stage_writes_checked_snapshots(
     assert len(names) >= 40 and set(names) <= set(df.columns)
     assert meta["labels"] == ["churn_90d", "expansion_90d"]
     assert "snapshots x" in capsys.readouterr().out
-    assert json.loads((tmp_path / "checks" / "snapshots.json").read_text())["success"]
+    assert json.loads(report.read_text())["success"]
 
 
 def test_features_stage_writes_nothing_when_the_suite_fails(
@@ -100,7 +101,7 @@ def test_features_stage_writes_nothing_when_the_suite_fails(
     params = tmp_path / "params.yaml"
     # No real data set has 90 % churn: the prevalence check must stop the stage.
     params.write_text(
-        f"checks:\n  reports_dir: {tmp_path / 'checks'}\n  label_prevalence: [0.9, 1.0]\n"
+        f"checks:\n  snapshot_report: {tmp_path / 's.json'}\n  label_prevalence: [0.9, 1.0]\n"
     )
     argv = ["--params", str(params), "features", "--data", str(generated_dir), "--out", str(out)]
     assert main(argv) == 1
