@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint bench clean postgres
+.PHONY: help install demo test lint bench clean postgres chromium
 
 help:
 	@echo "make demo   set up .venv, generate the sample data and run the pipeline on it"
@@ -43,11 +43,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The store tests need a real PostgreSQL on 127.0.0.1:5432 (installed and started if missing).
+# The store tests need a real PostgreSQL on 127.0.0.1:5432 (installed and started if missing);
+# the report test needs a headless Chromium (installed if missing).
 postgres:
 	@bash .ci/postgres.sh
 
-test: lint postgres
+chromium:
+	@bash .ci/chromium.sh
+
+test: lint postgres chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

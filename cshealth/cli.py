@@ -251,6 +251,26 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         return 0
 
 
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    """Write the leadership risk report (one self-contained HTML file)."""
+    from cshealth.report import collect, render
+    from features.io import write_text
+    from serving.store import ScoreStore, db_url
+    from training.train import SnapshotTable
+
+    out = Path(args.out or cfg.report.out)
+    snaps = SnapshotTable.read(Path(args.features or cfg.features.out))
+    data = collect(
+        ScoreStore(db_url(cfg.serving.db_file)), snaps.frame, cfg.data.raw_dir,
+        cfg.train.reports_dir, cfg.checks.reports_dir, cfg.checks.snapshot_report,
+        cfg.features.expansion_threshold,
+    )  # fmt: skip
+    page = render(data)
+    write_text(page, out)
+    print(f"wrote {out} ({len(page) / 1024:,.0f} KiB, {len(data.scores):,} accounts)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="cshealth", description=__doc__)
@@ -299,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     sv.add_argument("--no-auth", action="store_true", help="run without API-key auth")
     sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("report", help=cmd_report.__doc__)
+    rp.add_argument("--out", type=Path, help="HTML file (default: report.out)")
+    rp.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    rp.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help=cmd_models.__doc__)
     m.set_defaults(func=cmd_models)

@@ -51,6 +51,10 @@ DEFAULT_RULES = (
 )
 
 
+class ReportParams(_Frozen):
+    out: Path = Path("reports/risk_report.html")
+
+
 class Config(_Frozen):
     data: DataParams = DataParams()
     simulator: SimulatorParams = SimulatorParams()
@@ -60,6 +64,7 @@ class Config(_Frozen):
     rules: tuple[RuleComponent, ...] = DEFAULT_RULES
     health: HealthParams = HealthParams()
     serving: ServingParams = ServingParams()
+    report: ReportParams = ReportParams()
 
 
 class ConfigError(ValueError):

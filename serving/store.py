@@ -172,6 +172,18 @@ class ScoreStore:
             )
         return dict(row) if row else None
 
+    def recent_runs(self, limit: int = 2) -> list[dict[str, Any]]:
+        """The newest runs, newest first."""
+        with self.engine.connect() as conn:
+            q = sa.select(runs).order_by(runs.c.scored_at.desc(), runs.c.run_id.desc()).limit(limit)
+            return [_plain(dict(r)) for r in conn.execute(q).mappings()]
+
+    def run_scores(self, run_id: str) -> list[dict[str, Any]]:
+        """Every score of one run."""
+        with self.engine.connect() as conn:
+            q = sa.select(*[scores.c[k] for k in SCORE_FIELDS]).where(scores.c.run_id == run_id)
+            return [_plain(dict(r)) for r in conn.execute(q).mappings()]
+
     def latest_scores(self, account_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The newest run's score per requested account (absent ids are left out)."""
         if not account_ids:

@@ -1,0 +1,217 @@
+"""The leadership report: self-contained HTML, rendered for real in headless Chromium."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html as htmllib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cshealth.report import collect, money, portfolio, render
+from features.contract import Col, T
+from serving.store import ScoreStore
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ACCOUNTS = [  # id, name, segment, csm, mrr, p_churn, p_exp, health, band, previous health
+    ("A1", "Acme Labs", "enterprise", "csm_7", 50_000.0, 0.02, 0.30, 88.0, "green", 90.0),
+    ("B2", "Blue Retail", "smb", None, 300.0, 0.40, 0.02, 21.0, "red", 45.0),
+    ("C3", "Cedar Health", "mid_market", "csm_7", 2_000.0, 0.12, 0.10, 56.5, "yellow", 50.0),
+]
+
+
+def _item(a: tuple, health: float, band: str) -> dict:
+    return {
+        "account_id": a[0],
+        "as_of": "2026-01-02",
+        "churn_probability": a[5],
+        "expansion_probability": a[6],
+        "health_score": health,
+        "band": band,
+        "health_change": None,
+        "components": {"usage": -12.5, "outcomes": 3.0},
+        "reasons": [
+            {
+                "feature": "active_users_30d",
+                "family": "usage",
+                "value": 4.0,
+                "impact": 0.5,
+                "sentence": f"Active users of {a[1]} fell 45% in 30 days",
+            }
+        ],
+        "model_version": {"churn": "4", "expansion": "2"},
+        "missing_features": [],
+    }
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("report")
+    raw = root / "raw"
+    raw.mkdir()
+    pd.DataFrame(
+        {
+            Col.ACCOUNT_ID: [a[0] for a in ACCOUNTS],
+            Col.NAME: [a[1] for a in ACCOUNTS],
+            Col.SEGMENT: [a[2] for a in ACCOUNTS],
+            Col.INDUSTRY: "software",
+            Col.REGION: "emea",
+            Col.CREATED_AT: pd.Timestamp("2023-01-01"),
+            Col.CSM_ID: [a[3] for a in ACCOUNTS],
+        }
+    ).to_parquet(raw / f"{T.ACCOUNTS}.parquet")
+    snaps = pd.DataFrame(
+        {
+            Col.ACCOUNT_ID: [a[0] for a in ACCOUNTS],
+            Col.AS_OF: pd.Timestamp("2026-01-02"),
+            Col.MRR: [a[4] for a in ACCOUNTS],
+        }
+    )
+    store = ScoreStore(f"sqlite:///{root / 'scores.db'}")
+    for i, (hist) in enumerate((True, False)):
+        run = {
+            "run_id": f"r{i}",
+            "scored_at": dt.datetime(2026, 1, 2 + i, 6),
+            "as_of": "2026-01-02",
+            "churn_model_version": "4",
+            "expansion_model_version": "2",
+        }
+        items = [_item(a, a[9] if hist else a[7], "yellow" if hist else a[8]) for a in ACCOUNTS]
+        store.write_run(run, items, [])
+    reports = root / "reports"
+    (reports / "plots").mkdir(parents=True)
+    metrics = {
+        t: {
+            m: {
+                "roc_auc": 0.7662,
+                "pr_auc": 0.2,
+                "brier": 0.0567,
+                "ece": 0.0231,
+                "top_decile_lift": 3.24,
+                "top_decile_recall": 0.324,
+                "top_decile_arr_share": 0.146,
+            }
+            for m in ("lightgbm", "logistic", "rules")
+        }
+        for t in ("churn", "expansion")
+    }
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name in ("churn_calibration.png", "churn_lift.png", "churn_shap_families.png"):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, 1])
+        fig.savefig(reports / "plots" / name)
+        plt.close(fig)
+    checks = root / "checks"
+    checks.mkdir()
+    (checks / "summary.json").write_text(
+        json.dumps(
+            {
+                "success": True,
+                "summary": "OK: 7 tables, 4,348,886 rows, 203 checks passed",
+                "failures": [],
+            }
+        )
+    )
+    data = collect(store, snaps, raw, reports, checks, root / "missing.json", 0.10)
+    return render(data)
+
+
+def _text(page: str) -> str:
+    body = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", page, flags=re.S)
+    return htmllib.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)))
+
+
+def test_portfolio_figures() -> None:
+    class D:  # the fields portfolio() reads
+        scores = pd.DataFrame(
+            {
+                "arr": [600_000.0, 3_600.0],
+                "churn_probability": [0.02, 0.4],
+                "expansion_probability": [0.3, 0.02],
+            }
+        )
+        expansion_threshold = 0.1
+
+    p = portfolio(D())  # type: ignore[arg-type]
+    assert p["arr"] == 603_600.0
+    assert p["arr_at_risk"] == pytest.approx(600_000 * 0.02 + 3_600 * 0.4)
+    assert p["expected_expansion_arr"] == pytest.approx((600_000 * 0.3 + 3_600 * 0.02) * 0.1)
+    assert money(1_234_567) == "$1.2M" and money(12_300) == "$12.3K" and money(999) == "$999"
+
+
+def test_report_renders_in_chromium_with_every_section(report_html: str) -> None:
+    assert CHROMIUM, "chromium is required (make test installs Debian's chromium)"
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "risk_report.html"
+        page.write_text(report_html)
+        shot = Path(tmp) / "report.png"
+        flags = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={Path(tmp) / 'profile'}",
+            "--window-size=1280,4000",
+        ]
+        subprocess.run(
+            [*flags, f"--screenshot={shot}", page.as_uri()],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        assert shot.exists() and shot.stat().st_size > 50_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        dom = subprocess.run(
+            [*flags, "--dump-dom", page.as_uri()],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    text = _text(dom)
+    for section in (
+        "Portfolio summary",
+        "Risk by segment",
+        "Risk by CSM",
+        "Top 20 at-risk accounts",
+        "Movers since the last scoring",
+        "Global drivers",
+        "Model trust",
+        "Data-check status",
+    ):
+        assert section in text, section
+    arr = sum(a[4] for a in ACCOUNTS) * 12
+    at_risk = sum(a[4] * 12 * a[5] for a in ACCOUNTS)
+    assert money(arr) in text and money(at_risk) in text  # $630.0K, $26.6K
+    assert "Blue Retail" in text and "csm_7" in text and "(tech-touch)" in text
+    assert "Active users of Blue Retail fell 45% in 30 days" in text
+    assert "-24.0" in text  # Blue Retail moved from 45 to 21
+    assert "0.766" in text and "3.24×" in text  # backtest metrics
+    assert "churn v4, expansion v2" in text
+    assert "OK: 7 tables, 4,348,886 rows, 203 checks passed" in text
+    # Red accounts lead the at-risk list.
+    assert text.index("Blue Retail") < text.index("Cedar Health", text.index("Top 20"))
+
+
+def test_report_makes_no_network_requests(report_html: str) -> None:
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]+)""", report_html, flags=re.I)
+    assert refs, "expected embedded images"
+    assert all(r.startswith("data:") or r.startswith("#") for r in refs), refs
+    assert not re.search(r"https?://", report_html)
+    assert not re.search(r"url\(|@import|<script|<link", report_html, flags=re.I)
