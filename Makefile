@@ -29,16 +29,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/5 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/7 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/5 checking the data against the contract"
+	@echo ">> 2/7 checking the data against the contract"
 	$(BIN)/cshealth check
-	@echo ">> 3/5 building point-in-time snapshots (features + labels)"
+	@echo ">> 3/7 building point-in-time snapshots (features + labels)"
 	$(BIN)/cshealth features
-	@echo ">> 4/5 training churn + expansion models, backtest vs baselines, MLflow registry"
+	@echo ">> 4/7 training churn + expansion models, backtest vs baselines, MLflow registry"
 	$(BIN)/cshealth train --truth data/truth.parquet
-	@echo ">> 5/5 scoring the newest snapshot into the score store"
+	@echo ">> 5/7 scoring the newest snapshot into the score store"
 	$(BIN)/cshealth score
+	@echo ">> 6/7 writing the leadership risk report"
+	$(BIN)/cshealth report
+	@echo ">> 7/7 starting the scoring service (a fresh API key unless CSHEALTH_API_KEY is set)"
+	@KEY=$${CSHEALTH_API_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
+	  CSHEALTH_API_KEY=$$KEY $(BIN)/cshealth serve --show-key
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -222,12 +222,48 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _wait_ready(url: str, proc: object, timeout: float = 90.0) -> bool:
+    """Poll GET url until it answers 200, the process exits, or `timeout` passes."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:  # type: ignore[attr-defined]
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _example_account(cfg: Config) -> str | None:
+    """A real account id from the store's newest run (a red one when there is one)."""
+    from serving.store import ScoreStore, db_url
+
+    try:
+        store = ScoreStore(db_url(cfg.serving.db_file), create=False)
+        runs = store.recent_runs(1)
+        if not runs:
+            return None
+        scores = store.run_scores(runs[0]["run_id"])
+    except Exception:  # the banner is a convenience; the service reports store errors itself
+        return None
+    red = [s for s in scores if s["band"] == "red"]
+    return (red or scores or [{"account_id": None}])[0]["account_id"]
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     """Start the HTTP scoring service (BentoML) over the champions and the score store."""
     import os
     import subprocess
 
-    if not os.environ.get("CSHEALTH_API_KEY") and not args.no_auth:
+    key = os.environ.get("CSHEALTH_API_KEY")
+    if not key and not args.no_auth:
         print(
             "error: CSHEALTH_API_KEY is not set. Set it (clients send 'Authorization: Bearer "
             "<key>'), or pass --no-auth to run without authentication on purpose.",
@@ -244,10 +280,31 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml), "serve", "serving.service:HealthService", "--host", args.host,
            "--port", port]  # fmt: skip
-    print(f"serving on http://{args.host}:{port} (Ctrl-C to stop)", flush=True)
+    base = f"http://{args.host}:{port}"
+    print(f"starting the service on {base} ...", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.call(cmd, env=env)
+        if not _wait_ready(f"{base}/readyz", proc):
+            print("error: the service did not become ready (see its log above)", file=sys.stderr)
+            proc.terminate()
+            return proc.wait() or 1
+        account = _example_account(cfg) or "ACCOUNT_ID"
+        shown = key if args.show_key else "$CSHEALTH_API_KEY"
+        auth = "" if args.no_auth else f"-H 'Authorization: Bearer {shown}' "
+        print(
+            f"\nready: {base}  (health {base}/readyz, metrics {base}/metrics, API docs {base}/)\n"
+            + (f"API key: {key}\n" if args.show_key and key else "")
+            + f"try:   curl -s -X POST {base}/score {auth}-H 'Content-Type: application/json' "
+            f'-d \'{{"account_ids": ["{account}"]}}\'\n'
+            f"MLflow: mlflow ui --backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}\n"
+            f"report: {Path(cfg.report.out).resolve()}\n"
+            "Ctrl-C stops the service.",
+            flush=True,
+        )
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
         return 0
 
 
@@ -318,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="port (default: serving.port)")
     sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     sv.add_argument("--no-auth", action="store_true", help="run without API-key auth")
+    sv.add_argument("--show-key", action="store_true", help="print the API key in the banner")
     sv.set_defaults(func=cmd_serve)
 
     rp = sub.add_parser("report", help=cmd_report.__doc__)

@@ -47,19 +47,33 @@ class Scorer:
         self.models = models
         self.health = health
         bias = models.churn.contributions(self._blank(1))["bias"].to_numpy()
+        # Categorical features: the categories every model reading them knows.
+        known: dict[str, set[str]] = {}
+        for m in (models.churn, models.expansion):
+            for name, cats in m.categories.items():
+                known[name] = known[name] & set(cats) if name in known else set(cats)
+        self._known_categories = known
         self._base_health = float(health_score(models.churn.calibrator(bias), health)[0])
 
     def _blank(self, n: int) -> pd.DataFrame:
         return pd.DataFrame({c: [np.nan] * n for c in self.models.feature_names})
 
     def complete(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[list[str]]]:
-        """Add absent feature columns as missing; list each row's missing features."""
+        """Add absent feature columns as missing; list each row's missing features.
+
+        A category a model never saw counts as missing too (the model treats it so).
+        """
         names = self.models.feature_names
         out = rows.copy()
         for c in names:
             if c not in out.columns:
                 out[c] = np.nan
-        missing = out[names].isna().to_numpy()
+        missing = out[names].isna().to_numpy().copy()
+        for j, c in enumerate(names):
+            if c in self._known_categories:
+                col = out[c]
+                missing[:, j] |= (col.notna() & ~col.astype(object).isin(
+                    self._known_categories[c])).to_numpy()  # fmt: skip
         flagged = [[names[j] for j in np.flatnonzero(r)] for r in missing]
         return out, flagged
 

@@ -1,0 +1,137 @@
+"""A small trained set-up for the serving tests, built once per test session.
+
+150 simulated accounts x 20 months (the repo's params need about that much history for
+the time split), the snapshot table, both models trained with the repo's parameters and
+registered as champions v1 in a temporary MLflow registry (SQLite; gates relaxed so a
+small model is promoted), and the newest snapshot batch-scored into a temporary SQLite
+store. A params file beside it holds the repo's parameters with small request limits.
+
+`serving_setup(tmp_path_factory)` returns the shared `ServingSetup`; treat its files as
+read-only (copy the registry and store with `copy_state` before changing them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNTS, MONTHS, SEED = 150, 20, 11
+#: small limits so that the limit tests stay cheap
+MAX_IDS = MAX_ROWS = 40
+#: gates any small model passes (the set-up needs champions, not good models)
+RELAXED_GATES = {"min_auc": 0.0, "max_ece": 1.0, "tolerance": 1.0}
+
+
+@dataclass
+class ServingSetup:
+    root: Path
+    params: Path  # params file: the repo's params, relaxed gates, small limits
+    snapshots: Path
+    mlflow_db: Path
+    store_db: Path
+    ids: list[str]  # the account ids of the newest scoring run
+    as_of: str
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.store_db}"
+
+    def env(self) -> dict[str, str]:
+        """The variables `HealthApp.from_env` (and the service) read."""
+        return {"MLFLOW_TRACKING_URI": self.mlflow_uri, "CSHEALTH_DB_URL": self.db_url,
+                "CSHEALTH_PARAMS": str(self.params)}  # fmt: skip
+
+    def copy_state(self, dest: Path) -> ServingSetup:
+        """A copy of registry and store in `dest` (artifacts stay shared and untouched)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.mlflow_db, dest / self.mlflow_db.name)
+        shutil.copy(self.store_db, dest / self.store_db.name)
+        return ServingSetup(self.root, self.params, self.snapshots, dest / self.mlflow_db.name,
+                            dest / self.store_db.name, self.ids, self.as_of)  # fmt: skip
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def write_params(path: Path, gates: dict | None = None, lightgbm: dict | None = None) -> Path:
+    """The repo's params.yaml with other gates / LightGBM settings and small limits."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text()) or {}
+    raw.setdefault("train", {})["gates"] = gates or RELAXED_GATES
+    if lightgbm:
+        raw["train"].setdefault("lightgbm", {}).update(lightgbm)
+    raw.setdefault("serving", {}).update(max_ids_per_request=MAX_IDS,
+                                         max_rows_per_request=MAX_ROWS)  # fmt: skip
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def build(root: Path) -> ServingSetup:
+    from cshealth.config import load_config
+    from cshealth.simulator import generate, write_dataset
+    from features.pipeline import build_snapshots, write_snapshots
+    from serving.batch import newest_rows, score_latest
+    from serving.predictor import ModelPair, Scorer
+    from serving.store import ScoreStore
+    from training import tracking
+    from training.train import SnapshotTable, train
+
+    root.mkdir(parents=True, exist_ok=True)
+    params = write_params(root / "params.yaml")
+    cfg = load_config(params)
+    sim = generate(ACCOUNTS, MONTHS, SEED, dt.date(2023, 1, 1), truth_samples=5)
+    write_dataset(sim, root / "raw", None)
+    snapshots = root / "features" / "snapshots.parquet"
+    write_snapshots(build_snapshots(root / "raw", cfg.features), snapshots)
+    snaps = SnapshotTable.read(snapshots)
+    result = train(snaps, cfg.train, list(cfg.rules))
+    setup = ServingSetup(root, params, snapshots, root / "mlflow.db", root / "scores.db", [], "")
+    with environ({"MLFLOW_TRACKING_URI": setup.mlflow_uri}):
+        record = tracking.log_training(result, snaps, snapshots,
+                                       config=cfg.model_dump(mode="json"),
+                                       gates=cfg.train.gates)  # fmt: skip
+    assert record.versions == {"churn": 1, "expansion": 1}, record
+    assert all(d.promoted for d in record.decisions.values()), record.decisions
+    models = ModelPair(result.targets["churn"].model, result.targets["expansion"].model, "1", "1")
+    store = ScoreStore(setup.db_url)
+    summary = score_latest(snaps.frame, Scorer(models, cfg.health), store,
+                           dt.datetime(2026, 1, 1, 6, 0))  # fmt: skip
+    setup.ids = sorted(newest_rows(snaps.frame)["account_id"].astype(str))
+    setup.as_of = summary["as_of"]
+    store.close()
+    return setup
+
+
+_SETUPS: dict[Path, ServingSetup] = {}
+
+
+def serving_setup(tmp_path_factory: pytest.TempPathFactory) -> ServingSetup:
+    """The session's shared set-up (built on first use)."""
+    base = tmp_path_factory.getbasetemp()
+    if base not in _SETUPS:
+        _SETUPS[base] = build(tmp_path_factory.mktemp("serving"))
+    return _SETUPS[base]

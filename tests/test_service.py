@@ -1,0 +1,471 @@
+"""The serving logic without a server: HealthApp, the micro-batcher, auth middleware.
+
+Uses the shared small set-up of `tests/serving_data.py` (simulated accounts, models trained
+with the repo's params, registered as champions, newest snapshot scored into SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from cshealth.config import load_config
+from serving.api import ScoreItem
+from serving.app import (
+    HealthApp,
+    LoadError,
+    MicroBatcher,
+    NotReady,
+    RequestError,
+    ServiceError,
+    pin_threads,
+)
+from serving.auth import (
+    API_KEY_ENV,
+    NO_AUTH_ENV,
+    AuthConfigError,
+    AuthSettings,
+    BearerAuthMiddleware,
+    auth_from_env,
+)
+from serving.store import ScoreStore
+from tests.serving_data import MAX_IDS, MAX_ROWS, REPO, ServingSetup, environ, serving_setup
+
+pytestmark = pytest.mark.slow
+
+ITEM_FIELDS = set(ScoreItem.model_fields)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> ServingSetup:
+    return serving_setup(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def prom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BentoML's metrics need a multiprocess folder, also in-process (one per module)."""
+    return tmp_path_factory.mktemp("prometheus")
+
+
+@pytest.fixture(scope="module")
+def app(setup: ServingSetup) -> HealthApp:
+    """HealthApp over the champions (loaded from the registry) and the store."""
+    with environ(setup.env()):
+        app = HealthApp.from_env()
+    yield app
+    app.close()
+
+
+def _stored_rows(app: HealthApp, ids: list[str]) -> list[dict[str, Any]]:
+    feats = app.store.features(ids)
+    return [{"account_id": a, "as_of": feats[a]["as_of"], **feats[a]["features"]} for a in ids]
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+# ----- score by id ------------------------------------------------------------------------
+def test_known_ids_return_every_field(app: HealthApp, setup: ServingSetup) -> None:
+    ids = setup.ids[:3]
+    res = app.score_ids(ids)
+    assert res.errors == []
+    assert [r.account_id for r in res.results] == ids
+    cfg = load_config(setup.params)
+    for item in res.results:
+        d = item.model_dump(mode="json")
+        assert set(d) == ITEM_FIELDS
+        assert d["as_of"] == setup.as_of
+        assert 0 <= d["churn_probability"] <= 1 and 0 <= d["expansion_probability"] <= 1
+        assert 0 <= d["health_score"] <= 100
+        h = d["health_score"]
+        band = "red" if h < cfg.health.red_below else (
+            "yellow" if h < cfg.health.yellow_below else "green")  # fmt: skip
+        assert d["band"] == band
+        assert d["model_version"] == {"churn": "1", "expansion": "1"}
+        assert set(d["components"]) <= {"usage", "support", "sentiment", "outcomes", "commercial"}
+        assert 0 < len(d["reasons"]) <= cfg.health.top_reasons
+        assert all(r["sentence"] for r in d["reasons"])
+        assert isinstance(d["missing_features"], list)
+        assert d["health_change"] is None  # the store's first run
+
+
+def test_unknown_id_fails_only_its_item(app: HealthApp, setup: ServingSetup) -> None:
+    res = app.score_ids([setup.ids[0], "no-such-account", setup.ids[1]])
+    assert [r.account_id for r in res.results] == setup.ids[:2]
+    assert [e.account_id for e in res.errors] == ["no-such-account"]
+    assert "unknown account_id" in res.errors[0].error
+
+
+def test_duplicate_ids_are_answered_once(app: HealthApp, setup: ServingSetup) -> None:
+    a, b = setup.ids[:2]
+    res = app.score_ids([a, b, a, "nope", "nope"])
+    assert [r.account_id for r in res.results] == [a, b]
+    assert [e.account_id for e in res.errors] == ["nope"]
+
+
+def test_id_limit_names_the_limit(app: HealthApp) -> None:
+    with pytest.raises(RequestError) as exc:
+        app.score_ids([f"id-{i}" for i in range(MAX_IDS + 1)])
+    assert exc.value.status == 413
+    assert f"max_ids_per_request={MAX_IDS}" in exc.value.message
+    assert app.score_ids([f"id-{i}" for i in range(MAX_IDS)]).results == []  # at the limit
+
+
+@pytest.mark.parametrize(
+    ("ids", "loc"),
+    [([], ["account_ids"]), (["ok", ""], ["account_ids", 1]), (["a\x00b"], ["account_ids", 0]),
+     ([1], ["account_ids", 0]), ("abc", ["account_ids"]), (["x" * 129], ["account_ids", 0])],
+)  # fmt: skip
+def test_invalid_ids_name_the_field(app: HealthApp, ids: Any, loc: list) -> None:
+    with pytest.raises(RequestError) as exc:
+        app.score_ids(ids)
+    assert exc.value.status == 422
+    assert exc.value.detail[0]["loc"] == loc
+    assert "account_ids" in exc.value.message
+
+
+# ----- score explicit rows ----------------------------------------------------------------
+def test_stored_features_rescore_to_the_stored_scores(app: HealthApp, setup: ServingSetup) -> None:
+    """HTTP-free equivalence: /score_features of the stored snapshot == the batch scores."""
+    for chunk in _chunks(setup.ids, MAX_IDS):
+        stored = {r.account_id: r for r in app.score_ids(chunk).results}
+        rescored = app.score_rows(_stored_rows(app, chunk)).results
+        assert [r.account_id for r in rescored] == chunk
+        for r in rescored:
+            want = stored[r.account_id].model_dump(exclude={"health_change"})
+            assert r.model_dump(exclude={"health_change"}) == want
+            assert r.health_change is None
+
+
+def test_missing_features_are_allowed_and_flagged(app: HealthApp) -> None:
+    names = app.feature_names
+    numeric = next(f.name for f in app.features if not f.categorical)
+    categorical = next(f.name for f in app.features if f.categorical)
+    res = app.score_rows([
+        {numeric: 10.0},
+        {numeric: None, categorical: "a-category-never-seen"},
+        {},
+    ])  # fmt: skip
+    assert len(res.results) == 3 and res.errors == []
+    first, second, empty = res.results
+    assert numeric not in first.missing_features
+    assert set(first.missing_features) == set(names) - {numeric}
+    assert numeric in second.missing_features and categorical in second.missing_features
+    assert set(empty.missing_features) == set(names)
+    assert [r.account_id for r in res.results] == ["row-0", "row-1", "row-2"]
+    assert all(r.as_of is None and r.health_change is None for r in res.results)
+    assert all(0 <= r.health_score <= 100 for r in res.results)
+
+
+def test_row_account_id_and_as_of_are_echoed(app: HealthApp) -> None:
+    res = app.score_rows([{"account_id": "acme", "as_of": "2026-01-02"}])
+    assert res.results[0].account_id == "acme"
+    assert res.results[0].as_of.isoformat() == "2026-01-02"
+
+
+def _feature(app: HealthApp, categorical: bool, bounded: bool = False) -> str:
+    return next(f.name for f in app.features if f.categorical == categorical
+                and (not bounded or f.min_value is not None))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "error_type"),
+    [("numeric", "12", "float_type"), ("numeric", True, "float_type"),
+     ("numeric", [1], "float_type"), ("numeric", float("nan"), "finite_number"),
+     ("numeric", 10**400, "float_type"), ("bounded", -1e9, "greater_than_equal"),
+     ("categorical", 3, "string_type"), ("unknown", 1, "extra_forbidden"),
+     ("as_of", "2026-13-01", "date_from_datetime_parsing"), ("account_id", "", "string_too_short")],
+)  # fmt: skip
+def test_row_validation_names_row_and_field(
+    app: HealthApp, kind: str, value: Any, error_type: str
+) -> None:
+    field = {"numeric": _feature(app, False), "bounded": _feature(app, False, bounded=True),
+             "categorical": _feature(app, True), "unknown": "not_a_feature",
+             "as_of": "as_of", "account_id": "account_id"}[kind]  # fmt: skip
+    with pytest.raises(RequestError) as exc:
+        app.score_rows([{}, {field: value}])
+    err = exc.value
+    assert err.status == 422
+    assert err.detail[0]["loc"] == ["rows", 1, field]
+    assert err.detail[0]["type"] == error_type
+    assert f"rows.1.{field}" in err.message
+    if kind == "unknown":
+        assert "unknown feature 'not_a_feature'" in err.detail[0]["msg"]
+
+
+@pytest.mark.parametrize(("rows", "status"), [([], 422), ("x", 422), ([5], 422),
+                                              ([{}] * (MAX_ROWS + 1), 413)])  # fmt: skip
+def test_row_limits_and_shapes(app: HealthApp, rows: Any, status: int) -> None:
+    with pytest.raises(RequestError) as exc:
+        app.score_rows(rows)
+    assert exc.value.status == status
+    if status == 413:
+        assert f"max_rows_per_request={MAX_ROWS}" in exc.value.message
+
+
+# ----- model info, readiness, loading ----------------------------------------------------------
+def test_model_info(app: HealthApp, setup: ServingSetup) -> None:
+    info = app.model_info()
+    assert info.model_version == {"churn": "1", "expansion": "1"}
+    churn = info.models["churn"]
+    assert churn.version == "1" and churn.registered_name == "cshealth-churn"
+    assert churn.trained_at and churn.run_id and churn.label == "churn_90d"
+    assert 0 < churn.test_metrics["roc_auc"] <= 1
+    assert {f.name for f in info.features} == set(app.feature_names)
+    for f in info.features:
+        assert f.family and f.description and f.unit is not None and f.used_by
+        assert (f.categories is not None) == f.categorical
+    assert info.latest_run.as_of == setup.as_of
+    assert info.latest_run.accounts == len(setup.ids)
+    assert info.limits == {"max_ids_per_request": MAX_IDS, "max_rows_per_request": MAX_ROWS}
+    info.model_dump_json()  # JSON-safe (no NaN)
+
+
+def test_unreachable_store_is_503_not_a_crash(app: HealthApp, tmp_path: Path) -> None:
+    store = ScoreStore(f"sqlite:///{tmp_path}/missing/dir/x.db", create=False)
+    bad = HealthApp(app.scorer, store, app.limits)
+    try:
+        assert bad.ready() is False
+        with pytest.raises(NotReady) as exc:
+            bad.score_ids(["a"])
+        assert exc.value.status == 503
+        assert bad.model_info().latest_run is None
+        assert bad.score_rows([{}]).results  # explicit rows need no store
+    finally:
+        bad.close()
+
+
+def test_from_env_without_champion(tmp_path: Path, setup: ServingSetup) -> None:
+    env = {**setup.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/empty-mlflow.db"}
+    with environ(env), pytest.raises(LoadError, match="champion"):
+        HealthApp.from_env()
+
+
+def test_from_env_without_scoring_run(tmp_path: Path, setup: ServingSetup) -> None:
+    env = {**setup.env(), "CSHEALTH_DB_URL": f"sqlite:///{tmp_path}/empty.db"}
+    with environ(env), pytest.raises(LoadError, match="cshealth score"):
+        HealthApp.from_env()
+
+
+def test_from_env_bad_params(tmp_path: Path, setup: ServingSetup) -> None:
+    with environ({**setup.env(), "CSHEALTH_PARAMS": str(tmp_path / "nope.yaml")}), \
+            pytest.raises(LoadError, match="not found"):  # fmt: skip
+        HealthApp.from_env()
+
+
+def test_pinned_models_predict_the_same(app: HealthApp, setup: ServingSetup) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(setup.snapshots).head(50)
+    model = app.scorer.models.churn  # pinned by from_env
+    calls: list[dict] = []
+    real = model.booster._booster
+
+    class Spy:
+        def predict(self, *a: Any, **kw: Any) -> Any:
+            calls.append(kw)
+            return real.predict(*a, **kw)
+
+    spied = pin_threads(dataclasses.replace(model, booster=Spy()), 1)
+    assert (spied.predict_proba(frame) == model.predict_proba(frame)).all()
+    assert calls and all(kw.get("num_threads") == 1 for kw in calls)
+    plain = dataclasses.replace(model, booster=real)
+    assert (plain.predict_proba(frame) == model.predict_proba(frame)).all()
+
+
+# ----- micro-batching ---------------------------------------------------------------------
+def test_concurrent_requests_are_batched(app: HealthApp, setup: ServingSetup) -> None:
+    app_b = HealthApp(app.scorer, app.store, app.limits)  # fresh batch counters
+
+    async def burst() -> list[Any]:
+        calls = [app_b.ascore_ids([a]) for a in setup.ids[:20]]
+        calls.append(app_b.ascore_ids([]))  # one bad request among them
+        calls.append(app_b.ascore_ids(["nope"]))
+        calls += [app_b.ascore_rows([{"account_id": f"r{i}"}]) for i in range(10)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    out = asyncio.run(burst())
+    assert [r.results[0].account_id for r in out[:20]] == setup.ids[:20]
+    assert isinstance(out[20], RequestError)
+    assert out[21].results == [] and out[21].errors[0].account_id == "nope"
+    assert [r.results[0].account_id for r in out[22:]] == [f"r{i}" for i in range(10)]
+    assert app_b.id_batcher.calls == 22 and app_b.id_batcher.batches < 22
+    assert app_b.row_batcher.calls == 10 and app_b.row_batcher.batches < 10
+    # same answers as one at a time
+    assert out[0] == app.score_ids([setup.ids[0]])
+    app_b.id_batcher.close()
+    app_b.row_batcher.close()
+
+
+def test_a_failing_request_does_not_fail_its_batch(app: HealthApp) -> None:
+    class Flaky:
+        models = app.scorer.models
+
+        def score(self, frame: Any) -> Any:
+            if "boom" in set(frame["account_id"]):
+                raise RuntimeError("kaboom")
+            return app.scorer.score(frame)
+
+    flaky = HealthApp(app.scorer, app.store, app.limits)
+    flaky.scorer = Flaky()  # type: ignore[assignment]
+    ok, bad = flaky.score_rows_batch([[{"account_id": "ok"}], [{"account_id": "boom"}]])
+    assert ok.results[0].account_id == "ok"
+    assert isinstance(bad, ServiceError) and bad.status == 500 and "kaboom" in bad.message
+
+
+def test_micro_batcher_respects_max_items_and_isolates_failures() -> None:
+    seen: list[list[int]] = []
+
+    def fn(payloads: list[list[int]]) -> list[Any]:
+        seen.append([len(p) for p in payloads])
+        if any(p == [13] for p in payloads) and len(payloads) == 1:
+            raise RuntimeError("boom")
+        return [ValueError("bad") if p == [7] else sum(p) for p in payloads]
+
+    b: MicroBatcher[list[int], int] = MicroBatcher(fn, size=len, max_items=4)
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(b.submit([i]) for i in range(10)), b.submit([1] * 9),
+                                    return_exceptions=True)  # fmt: skip
+
+    out = asyncio.run(run())
+    assert out[:7] == [0, 1, 2, 3, 4, 5, 6] and isinstance(out[7], ValueError)
+    assert out[8:] == [8, 9, 9]
+    assert all(sum(batch) <= 4 or len(batch) == 1 for batch in seen)
+    assert seen[0] == [1, 1, 1, 1]  # submitted together: batched up to max_items
+    with pytest.raises(RuntimeError, match="boom"):  # fn failing as a whole; new event loop
+        asyncio.run(asyncio.wait_for(b.submit([13]), 5))
+    assert asyncio.run(b.submit([2, 3])) == 5
+    b.close()
+
+
+# ----- auth middleware on a tiny app --------------------------------------------------------------
+def _tiny(settings: AuthSettings, **kw: Any) -> TestClient:
+    async def ok(_: Any) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def text(_: Any) -> PlainTextResponse:
+        return PlainTextResponse("open")
+
+    routes = [Route("/score", ok, methods=["POST"]), Route("/readyz", text),
+              Route("/metrics", text), Route("/healthz", text), Route("/livez", text),
+              Route("/docs.json", text)]  # fmt: skip
+    star = Starlette(routes=routes)
+    return TestClient(BearerAuthMiddleware(star, settings=settings, **kw))
+
+
+def test_auth_requires_the_bearer_key(caplog: pytest.LogCaptureFixture) -> None:
+    key = "s3cret-key-value"
+    client = _tiny(AuthSettings(key))
+    caplog.set_level(logging.DEBUG)
+    for headers, why in [({}, "missing API key"),
+                         ({"Authorization": "Bearer wrong"}, "invalid API key"),
+                         ({"Authorization": f"Basic {key}"}, "malformed"),
+                         ({"Authorization": "Bearer"}, "malformed"),
+                         ({"Authorization": f"Bearer {key}x"}, "invalid API key")]:  # fmt: skip
+        r = client.post("/score", headers=headers)
+        assert r.status_code == 401, headers
+        assert why in r.json()["detail"]
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == "application/json"
+    assert client.post("/score", headers={"Authorization": f"Bearer {key}"}).json() == {"ok": True}
+    assert client.post("/score", headers={"authorization": f"bearer  {key} "}).status_code == 200
+    assert client.get("/unknown").status_code == 401  # unknown paths are not open
+    for path in ("/readyz", "/metrics", "/healthz", "/livez", "/docs.json"):
+        assert client.get(path).status_code == 200, path
+    assert key not in caplog.text
+    assert key not in repr(AuthSettings(key)) and key not in repr(client.app.settings)
+
+
+def test_auth_docs_can_be_closed() -> None:
+    client = _tiny(AuthSettings("k"), open_docs=False)
+    assert client.get("/docs.json").status_code == 401
+    assert client.get("/readyz").status_code == 200
+
+
+def test_auth_settings_from_env() -> None:
+    assert auth_from_env({API_KEY_ENV: "k"}) == AuthSettings("k")
+    assert auth_from_env({NO_AUTH_ENV: "1"}).disabled
+    assert auth_from_env({NO_AUTH_ENV: "true", API_KEY_ENV: "k"}).disabled
+    for env in ({}, {API_KEY_ENV: "  "}, {NO_AUTH_ENV: "0"}):
+        with pytest.raises(AuthConfigError, match=API_KEY_ENV):
+            auth_from_env(env)
+    client = _tiny(AuthSettings(None, disabled=True))
+    assert client.post("/score").status_code == 200
+
+
+def _bare_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, NO_AUTH_ENV)}
+    return {**env, "DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "true", **extra}
+
+
+def test_service_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", "import serving.service"], cwd=REPO,
+                          env=_bare_env(BENTOML_HOME=str(tmp_path)), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert "AuthConfigError" in proc.stderr and API_KEY_ENV in proc.stderr
+
+
+# ----- the BentoML service class in-process -----------------------------------------------------
+def _service_client() -> TestClient:
+    """The BentoML service class as an in-process ASGI app (env set by the caller)."""
+    import serving.service as svc
+
+    return TestClient(svc.HealthService.to_asgi())
+
+
+def test_service_in_process(setup: ServingSetup, tmp_path: Path, prom_dir: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The BentoML class in-process: not ready until the store holds a run, then serving.
+
+    (BentoML registers its metrics once per process: one in-process app per session.)
+    """
+    import shutil
+
+    store = tmp_path / "scores.db"  # no scoring run yet
+    env = {**setup.env(), API_KEY_ENV: "k", "BENTOML_HOME": str(tmp_path / "bento"),
+           "CSHEALTH_DB_URL": f"sqlite:///{store}", "CSHEALTH_LOAD_RETRY_S": "0.2",
+           "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    h = {"Authorization": "Bearer k"}
+    with _service_client() as client:
+        time.sleep(0.5)
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        r = client.post("/score", json={"account_ids": ["a"]}, headers=h)
+        assert r.status_code == 503
+        assert r.json()["error"].startswith("not ready") and "cshealth score" in r.json()["error"]
+
+        shutil.copy(setup.store_db, store)  # `cshealth score` ran
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.1)
+        assert client.post("/score", json={"account_ids": setup.ids[:2]}).status_code == 401
+        r = client.post("/score", json={"account_ids": [*setup.ids[:2], "nope"]}, headers=h)
+        assert r.status_code == 200
+        body = r.json()
+        assert [x["account_id"] for x in body["results"]] == setup.ids[:2]
+        assert [e["account_id"] for e in body["errors"]] == ["nope"]
+        r = client.post("/score_features", json={"rows": [{"x": 1}]}, headers=h)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["rows", 0, "x"]
+        r = client.post("/score", json={"account_ids": "a"}, headers=h)
+        assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["account_ids"]
+        assert client.post("/model_info", headers=h).json()["model_version"] == {
+            "churn": "1", "expansion": "1"}  # fmt: skip
