@@ -260,6 +260,7 @@ def _example_account(cfg: Config) -> str | None:
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     """Start the HTTP scoring service (BentoML) over the champions and the score store."""
     import os
+    import signal
     import subprocess
 
     key = os.environ.get("CSHEALTH_API_KEY")
@@ -282,6 +283,14 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
            "--port", port]  # fmt: skip
     base = f"http://{args.host}:{port}"
     print(f"starting the service on {base} ...", flush=True)
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and a plain `kill` both stop the server cleanly (SIGINT may be ignored when
+    # started in the background, so handle it explicitly).
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     proc = subprocess.Popen(cmd, env=env)
     try:
         if not _wait_ready(f"{base}/readyz", proc):
@@ -304,7 +313,10 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         return 0
 
 

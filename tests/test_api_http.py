@@ -181,8 +181,9 @@ def test_limits_give_413_naming_the_limit(state: State) -> None:
 def test_malformed_bodies_are_4xx_naming_the_field(state: State, path: str, body: Any,
                                                    loc: list) -> None:  # fmt: skip
     if isinstance(body, bytes):
-        r = state.server.post(path, content=body, headers={**AUTH,
-                                                           "Content-Type": "application/json"})
+        r = state.server.post(
+            path, content=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
     else:
         r = state.server.post(path, body)
     assert 400 <= r.status_code < 500
@@ -199,7 +200,10 @@ def test_wrongly_typed_feature_is_422_naming_it(state: State) -> None:
     assert r.status_code == 422
     detail = r.json()["detail"]
     assert {tuple(d["loc"]) for d in detail} == {
-        ("rows", 1, numeric), ("rows", 1, categorical), ("rows", 1, "no_such_feature")}
+        ("rows", 1, numeric),
+        ("rows", 1, categorical),
+        ("rows", 1, "no_such_feature"),
+    }
     assert "rows.1." in r.json()["error"]
     assert any("unknown feature 'no_such_feature'" in d["msg"] for d in detail)
 
@@ -328,3 +332,45 @@ def test_retrain_promote_restart_serves_the_new_version(state: State) -> None:
     assert [x["model_version"] for x in body["results"]] == [v2] * 3
     assert all(x["health_change"] is not None for x in body["results"])
     assert srv.post("/model_info", {}).json()["latest_run"]["model_version"] == v2
+
+
+# ----- the `cshealth serve` wrapper -------------------------------------------------------
+def test_cshealth_serve_prints_a_working_curl_and_stops_cleanly(state: State) -> None:
+    """The banner `make demo` ends with: its curl answers; SIGTERM stops server and child."""
+    import json
+    import re
+
+    port = _free_port()
+    cli = Path(sys.executable).with_name("cshealth")
+    env = {**state.server.env, "BENTOML_HOME": str(state.server.log.parent / "bentoml2")}
+    proc = subprocess.Popen(
+        [str(cli), "--params", str(state.setup.params), "serve", "--port", str(port),
+         "--show-key"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                pytest.fail("cshealth serve exited:\n" + "".join(lines[-40:]))
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        curl = lines[-1]
+        assert f"API key: {KEY}" in "".join(lines)
+        body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
+        assert body["account_ids"][0] in state.setup.ids  # a real account
+        r = httpx.post(f"http://127.0.0.1:{port}/score", json=body, headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0]["account_id"] in state.setup.ids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        with pytest.raises(httpx.HTTPError):  # the BentoML child is gone too
+            httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
