@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_features.py --sizes 1,10
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_serving.py
 
 clean:
 	rm -rf data reports benchmarks/results $(VENV) .pytest_cache .ruff_cache
