@@ -34,7 +34,7 @@ PLOTS = {
 }
 
 
-class ReportError(RuntimeError):
+class ReportError(ValueError):
     """Something the report needs is missing; the message says which stage to run."""
 
 

@@ -61,6 +61,8 @@ def feature_catalog(params: FeatureParams, tables: set[str]) -> list[Feature]:
 
 def _load(data_dir: Path) -> tuple[dict[str, pd.DataFrame], Path]:
     """Every present table except usage events (coerced), plus the events source path."""
+    if not Path(data_dir).is_dir():
+        raise ContractError([Issue(str(data_dir), None, "data folder does not exist")])
     frames: dict[str, pd.DataFrame] = {}
     issues: list[Issue] = []
     for name in (T.ACCOUNTS, T.SUBSCRIPTIONS, T.SUPPORT_TICKETS, T.NPS_RESPONSES, T.OUTCOMES,

@@ -343,7 +343,7 @@ def gate_new_versions(
             for k, v in tags.items():
                 c.set_model_version_tag(name, str(version), k, v)
         decisions[target] = d
-        log.info("%s", d.line())
+        log.debug("%s", d.line())  # the CLI prints the decision
     return decisions
 
 
