@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for issue in err.issues:
             print(f"  - {issue}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -11,13 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from data_checks.report import CheckReport, Failure, jsonable
 from data_checks.runner import GxRunner, failures_from
 from features.contract import Col
 from features.io import write_text
-from features.labels import MRR_COLUMN
+from features.labels import MRR_COLUMN, label_observed
 from features.pipeline import KEY_COLUMNS, Snapshots
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,7 @@ def check_snapshots(
     failures: list[Failure] = failures_from(vr, SNAPSHOTS, view, key)
     results: dict[str, Any] = {"table": vr.to_json_dict()}
     n = len(vr.results)
-    censored = view[view[Col.AS_OF] + pd.Timedelta(days=horizon_days) > snaps.cutoff]
+    censored = view[~label_observed(view[Col.AS_OF], snaps.cutoff, horizon_days)]
     if len(censored):
         checks = [
             gxe.ExpectColumnValuesToBeNull(

@@ -35,24 +35,36 @@ def is_expansion(mrr_later: np.ndarray, mrr_now: np.ndarray, threshold: float) -
     return (mrr_later >= target * (1 - 1e-9)) & (mrr_now > 0)
 
 
+def label_observed(as_of: pd.Series, cutoff: pd.Timestamp, horizon_days: int) -> pd.Series:
+    """Whether a row's label window is fully observed.
+
+    A term's end_date is its last day of service, so churn "within the horizon"
+    is decided by coverage on the day after the window: the data must reach the
+    start of as_of + horizon + 1 day (a renewal row starting then must be visible).
+    """
+    return as_of + pd.Timedelta(days=horizon_days + 1) <= cutoff
+
+
 def label_frame(
     grid: pd.DataFrame, subs: pd.DataFrame, cutoff: pd.Timestamp, params: FeatureParams
 ) -> pd.DataFrame:
     """`mrr` at as_of plus the churn and expansion labels for each grid row.
 
-    churn: no subscription covers as_of + horizon (every term active at as_of
-    ended within the window and nothing active follows). expansion: MRR at
-    as_of + horizon >= (1 + threshold) x MRR at as_of. Both use only
-    (as_of, as_of + horizon]; rows whose horizon ends after the cutoff get null
+    churn: no subscription covers the day after the window, as_of + horizon + 1
+    (every term active at as_of ended on or before as_of + horizon and nothing
+    active follows). expansion: MRR at as_of + horizon >= (1 + threshold) x MRR
+    at as_of. Rows whose window is not fully observed (`label_observed`) get null
     labels, never 0.
     """
     horizon = pd.Timedelta(days=params.horizon_days)
     keys = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
     keys["_end"] = keys[Col.AS_OF] + horizon
+    keys["_after"] = keys["_end"] + pd.Timedelta(days=1)
     now = mrr_on(subs, keys, Col.AS_OF)
     later = mrr_on(subs, keys, "_end")
-    observed = (keys["_end"] <= cutoff).to_numpy()
-    churn = pd.array((~later["covered"]).astype("int8"), dtype="Int8")
+    after = mrr_on(subs, keys, "_after")
+    observed = label_observed(keys[Col.AS_OF], cutoff, params.horizon_days).to_numpy()
+    churn = pd.array((~after["covered"]).astype("int8"), dtype="Int8")
     expand = is_expansion(
         later["mrr"].to_numpy(), now["mrr"].to_numpy(), params.expansion_threshold
     )

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import TABLES, Col, Kind, T
+from features.io import MAX_EXAMPLES, ContractError, Issue
 from features.meta import Family, Feature, Good
 from features.settings import Windows
 
@@ -109,16 +110,39 @@ def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame)
     con.execute("SET TimeZone = 'UTC'")
     rel = con.sql(f"SELECT * FROM {src} LIMIT 0")
     types = {name: str(t) for name, t in zip(rel.columns, rel.types, strict=True)}
-    select = []
+    missing = [c.name for c in table.columns if c.name not in types and c.default is None]
+    if missing:
+        raise ContractError([Issue(T.USAGE_EVENTS, m, "missing column") for m in missing])
+    select, converted = [], []
     for c in table.columns:
         if c.name in types:
-            expr = f'CAST("{c.name}" AS {_SQL_TYPE[c.kind]})'
+            expr = f'TRY_CAST("{c.name}" AS {_SQL_TYPE[c.kind]})'
             if c.kind == Kind.TIMESTAMP and types[c.name] == "VARCHAR":
-                expr = f'CAST(CAST("{c.name}" AS TIMESTAMPTZ) AS TIMESTAMP)'
+                expr = f'CAST(TRY_CAST("{c.name}" AS TIMESTAMPTZ) AS TIMESTAMP)'
+            if types[c.name] != _SQL_TYPE[c.kind]:
+                converted.append((c, expr))
         else:
             expr = f"CAST({c.default!r} AS {_SQL_TYPE[c.kind]})"
         select.append(f'{expr} AS "{c.name}"')
+    _check_conversions(con, src, converted)
     con.execute(f"CREATE OR REPLACE TEMP VIEW events AS SELECT {', '.join(select)} FROM {src}")
+
+
+def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> None:
+    """Values a cast turns into null are contract violations: report, never drop them."""
+    # Only columns whose source type differs from the contract's need this extra scan.
+    issues = []
+    for c, expr in converted:
+        bad = f'"{c.name}" IS NOT NULL AND {expr} IS NULL'
+        n = con.sql(f"SELECT count(*) FROM {src} WHERE {bad}").fetchall()[0][0]
+        if n:
+            rows = con.sql(f'SELECT "{c.name}" FROM {src} WHERE {bad} LIMIT {MAX_EXAMPLES}')
+            examples = tuple(str(r[0]) for r in rows.fetchall())
+            issues.append(
+                Issue(T.USAGE_EVENTS, c.name, f"not coercible to {c.kind.value}", n, examples)
+            )
+    if issues:
+        raise ContractError(issues)
 
 
 def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timestamp] | None:

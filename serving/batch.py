@@ -38,7 +38,8 @@ def _json_value(v: Any) -> Any:
 
 def feature_payloads(rows: pd.DataFrame, names: list[str]) -> list[dict[str, Any]]:
     """Per row: account_id, as_of and the feature values as JSON-safe {name: value}."""
-    records = rows[names].astype(object).to_dict("records")
+    # Absent families (an optional table missing this time) are stored as null.
+    records = rows.reindex(columns=names).astype(object).to_dict("records")
     return [
         {"account_id": str(a), "as_of": pd.Timestamp(t).date().isoformat(),
          "features": {k: _json_value(v) for k, v in rec.items()}}

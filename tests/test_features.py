@@ -298,6 +298,26 @@ def test_expansion_threshold_is_inclusive() -> None:
     assert labels["churn_90d"].tolist() == [0, 0]
 
 
+def test_churn_on_the_last_day_of_the_window() -> None:
+    """A last term ending exactly on as_of + 90 is churn within 90 days; a renewal the
+    next day is not (end_date is the last day of service)."""
+    subs = pd.DataFrame(
+        {
+            Col.ACCOUNT_ID: ["gone", "renews", "renews", "later"],
+            Col.START_DATE: hb.ts(["2023-01-01", "2023-01-01", "2023-06-01", "2023-01-01"]),
+            Col.END_DATE: hb.ts(["2023-05-31", "2023-05-31", None, "2023-06-01"]),
+            Col.MRR: [100.0, 100.0, 100.0, 100.0],
+        }
+    )
+    as_of = pd.Timestamp("2023-03-02")  # + 90 days = 2023-05-31
+    grid = pd.DataFrame({Col.ACCOUNT_ID: ["gone", "renews", "later"], Col.AS_OF: [as_of] * 3})
+    labels = label_frame(grid, subs, pd.Timestamp("2024-01-01"), FeatureParams())
+    assert labels["churn_90d"].tolist() == [1, 0, 0]
+    # The day after the window must be observed before churn is known.
+    censored = label_frame(grid, subs, pd.Timestamp("2023-05-31 23:00"), FeatureParams())
+    assert censored["churn_90d"].isna().all()
+
+
 # --------------------------------------------------------------------------- censoring
 
 
@@ -312,7 +332,7 @@ def test_censoring_with_derived_cutoff(hand_dir: Path) -> None:
     assert newest == pd.Timestamp("2024-06-19")
     scoring = f[f[Col.AS_OF] == newest]
     assert sorted(scoring[Col.ACCOUNT_ID]) == ["B", "C"]
-    labelled = f[Col.AS_OF] + pd.Timedelta(days=90) <= snaps.cutoff
+    labelled = f[Col.AS_OF] + pd.Timedelta(days=91) <= snaps.cutoff
     for col in snaps.label_columns:
         assert f.loc[~labelled, col].isna().all()
         assert f.loc[labelled, col].notna().all()
@@ -322,11 +342,14 @@ def test_censoring_with_derived_cutoff(hand_dir: Path) -> None:
 
 
 def test_censoring_boundary_is_inclusive(hand_dir: Path) -> None:
-    """as_of + horizon == cutoff is observed; one second less is not."""
-    exact = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 30)})  # Mar 1 + 90 d
+    """as_of + horizon + 1 day == cutoff is observed; one second less is not.
+
+    (A term's end_date is its last day: churn within 90 days shows on day 91.)
+    """
+    exact = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 31)})  # Mar 1 + 91 d
     r = row(build_snapshots(hand_dir, exact), "C", "2024-03-01")
     assert (r["churn_90d"], r["expansion_90d"]) == (0, 0)
-    early = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 29, 23, 59, 59)})
+    early = hb.PARAMS.model_copy(update={"cutoff": dt.datetime(2024, 5, 30, 23, 59, 59)})
     r = row(build_snapshots(hand_dir, early), "C", "2024-03-01")
     assert pd.isna(r["churn_90d"]) and pd.isna(r["expansion_90d"])
 
@@ -336,7 +359,7 @@ def test_censoring_on_generated(generated_dir: Path) -> None:
     f = snaps.frame
     cutoff = snaps.cutoff
     assert f[Col.AS_OF].max() == cutoff.normalize() + pd.Timedelta(days=1)
-    late = f[Col.AS_OF] + pd.Timedelta(days=90) > cutoff
+    late = f[Col.AS_OF] + pd.Timedelta(days=91) > cutoff
     assert late.any() and (~late).any()
     for col in snaps.label_columns:
         assert f.loc[late, col].isna().all()
@@ -598,3 +621,24 @@ def test_empty_usage_events(hand: Snapshots, tmp_path: Path) -> None:
     assert f["days_since_last_activity"].isna().all()
     others = [c for c in f.columns if c not in family_columns(snaps, Family.USAGE)]
     pd.testing.assert_frame_equal(f[others], hand.frame[others])
+
+
+def test_bad_usage_events_are_a_contract_error_naming_the_column(tmp_path: Path) -> None:
+    """Events go to DuckDB unread by pandas: their violations are still reported, not raised raw."""
+    from features.io import ContractError
+
+    frames = hb.tables()
+    events = frames.pop(T.USAGE_EVENTS).astype({"event_time": "str"})
+    events["quantity"] = "1"
+    events.loc[events.index[2], "event_time"] = "not a date"
+    events.loc[events.index[3], "quantity"] = "lots"
+    data = hb.write(frames, tmp_path / "bad")
+    events.to_csv(data / f"{T.USAGE_EVENTS}.csv", index=False)
+    with pytest.raises(ContractError) as err:
+        build_snapshots(data, hb.PARAMS)
+    text = str(err.value)
+    assert "usage_events.event_time: not coercible to timestamp (1 rows) e.g. not a date" in text
+    assert "usage_events.quantity: not coercible to float (1 rows) e.g. lots" in text
+    events.drop(columns=[Col.USER_ID]).to_csv(data / f"{T.USAGE_EVENTS}.csv", index=False)
+    with pytest.raises(ContractError, match=r"usage_events\.user_id: missing column"):
+        build_snapshots(data, hb.PARAMS)

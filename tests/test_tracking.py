@@ -135,10 +135,15 @@ def test_champion_loads_as_the_trained_model(store: Store) -> None:
     assert list(out.columns) == ["probability"]
     np.testing.assert_allclose(out["probability"].to_numpy(), res.model.predict_proba(rows),
                                rtol=0, atol=1e-12)  # fmt: skip
-    # A champion whose features the new table lacks cannot be compared (and says why).
+    # A champion whose features the new table lacks (an optional table gone) is still
+    # compared: it scores those features as missing, as the service would.
+    from sklearn.metrics import roc_auc_score
+
     fewer = rows.drop(columns=["nps_365d"])
     auc, why = tracking._score_champion(tracking.client(), "churn", 1, fewer, rows["churn_90d"])
-    assert auc is None and "nps_365d" in why
+    y = rows["churn_90d"].astype(int)
+    want = roc_auc_score(y, res.model.predict_proba(rows.assign(nps_365d=np.nan)))
+    assert why is None and auc == pytest.approx(want)
 
 
 def test_run_logs_params_fingerprint_commit_and_artifacts(store: Store) -> None:
@@ -231,7 +236,7 @@ def test_gate_compares_with_the_champion_within_tolerance() -> None:
     assert tracking.decide("churn", 4, {"roc_auc": 0.795, "ece": 0.02}, G, 3, 0.80).promoted
     d = tracking.decide("churn", 4, {"roc_auc": 0.78, "ece": 0.02}, G, 3, 0.80)
     assert not d.promoted and "champion v3's 0.800 - tolerance 0.01" in d.reason
-    # Incomparable champion (e.g. its features are gone): the absolute gates decide.
+    # Incomparable champion (e.g. it cannot be loaded): the absolute gates decide.
     d = tracking.decide("churn", 4, {"roc_auc": 0.75, "ece": 0.02}, G, 3, None,
                         incomparable="its features ['x'] are missing")  # fmt: skip
     assert d.promoted and "not comparable" in d.reason
@@ -274,3 +279,30 @@ def test_serve_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("CSHEALTH_API_KEY", raising=False)
     rc, _, err = _run(["serve"])
     assert rc == 2 and "CSHEALTH_API_KEY" in err and "--no-auth" in err
+
+
+def test_score_with_a_family_missing_flags_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An optional table gone since training: scoring still works and says what is missing."""
+    import pandas as pd
+
+    from serving.store import ScoreStore
+
+    frame = pd.read_parquet(store.snapshots)
+    nps = [c for c in frame.columns if "nps" in c]
+    fewer = tmp_path / "snapshots.parquet"
+    frame.drop(columns=nps).to_parquet(fewer)
+    meta = store.snapshots.with_suffix(".meta.json")
+    fewer.with_suffix(".meta.json").write_text(meta.read_text())
+    url = f"sqlite:///{tmp_path / 'scores.db'}"
+    monkeypatch.setenv("CSHEALTH_DB_URL", url)
+    rc, _, err = _run(["--params", str(store.params), "score", "--features", str(fewer)])
+    assert rc == 0, err
+    run = ScoreStore(url).recent_runs(1)[0]
+    item = ScoreStore(url).run_scores(run["run_id"])[0]
+    assert set(nps) <= set(item["missing_features"])
+    assert (
+        ScoreStore(url).features([item["account_id"]])[item["account_id"]]["features"][nps[0]]
+        is None
+    )
