@@ -16,8 +16,8 @@ class HealthParams(_Frozen):
 
     # health = 100 / (1 + odds(p) / odds(midpoint)): 50 at the midpoint, monotone in p.
     midpoint_churn_probability: float = Field(0.15, gt=0, lt=1)
-    red_below: float = Field(55.0, ge=0, le=100)
-    yellow_below: float = Field(75.0, ge=0, le=100)
+    red_below: float = Field(52.0, ge=0, le=100)
+    yellow_below: float = Field(72.0, ge=0, le=100)
     top_reasons: int = Field(3, ge=0, le=20)
 
     @model_validator(mode="after")

@@ -184,6 +184,9 @@ def fit_model(
         "force_row_wise": True,
         "num_threads": 2,
         "verbosity": -1,
+        # Stop on ranking quality: with up-weighted positives the raw log-loss drifts
+        # while ranking still improves, and calibration comes afterwards anyway.
+        "metric": params.early_stopping_metric,
     }
     if monotone:
         lgb_params["monotone_constraints"] = monotone_constraints(features, healthy_is_positive)

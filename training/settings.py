@@ -21,6 +21,7 @@ class LightGBMParams(_Frozen):
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     early_stopping_rounds: int = Field(60, ge=1)
+    early_stopping_metric: Literal["auc", "binary_logloss"] = "auc"
 
 
 class Gates(_Frozen):
