@@ -83,11 +83,14 @@ class Scorer:
             return []
         rows, missing = self.complete(rows.reset_index(drop=True))
         m, hp = self.models, self.health
-        p_churn = m.churn.predict_proba(rows)
+        # The churn explanation carries the raw score (bias + contributions): calibrate
+        # that instead of running the booster a second time on the same rows.
+        expl = explain(m.churn, rows, top_k=hp.top_reasons)
+        raw = np.array([e.raw_score for e in expl])
+        p_churn = np.clip(m.churn.calibrator(raw), 0.0, 1.0)
         p_exp = m.expansion.predict_proba(rows)
         health = health_score(p_churn, hp)
         bands = band(health, hp)
-        expl = explain(m.churn, rows, top_k=hp.top_reasons)
         fams = list(expl[0].families)
         points = component_points(
             np.array([[e.families[f] for f in fams] for e in expl]), health,

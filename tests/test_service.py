@@ -151,6 +151,24 @@ def test_stored_features_rescore_to_the_stored_scores(app: HealthApp, setup: Ser
             assert r.health_change is None
 
 
+def test_scorer_probabilities_equal_the_models(app: HealthApp, setup: ServingSetup) -> None:
+    """The churn probability taken from the explanation's raw score is the model's own."""
+    import numpy as np
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        [{"account_id": r["account_id"], **r["features"]}
+         for r in app.store.features(setup.ids[:20]).values()]
+    )  # fmt: skip
+    items = app.scorer.score(rows)
+    models = app.scorer.models
+    full, _ = app.scorer.complete(rows)
+    got_churn = [i["churn_probability"] for i in items]
+    got_exp = [i["expansion_probability"] for i in items]
+    np.testing.assert_allclose(got_churn, models.churn.predict_proba(full), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got_exp, models.expansion.predict_proba(full), rtol=0, atol=1e-12)
+
+
 def test_missing_features_are_allowed_and_flagged(app: HealthApp) -> None:
     names = app.feature_names
     numeric = next(f.name for f in app.features if not f.categorical)

@@ -114,7 +114,7 @@ def explain(
         return []
     features = model.features
     x = model.prepare(rows)  # the values as the model sees them (unknown category -> missing)
-    contrib_df = model.contributions(rows)
+    contrib_df = model.contributions(x, prepared=True)
     contrib = contrib_df[model.feature_names].to_numpy(dtype=float)
     bias = contrib_df[BIAS].to_numpy(dtype=float)
     missing = x.isna().to_numpy()

@@ -111,9 +111,13 @@ class HealthModel:
         """Calibrated probability of the target for each row."""
         return np.clip(self.calibrator(self.raw_score(df)), 0.0, 1.0)
 
-    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
-        """SHAP values (log-odds) per feature plus `bias`; rows sum to the raw score."""
-        contrib = self.booster.predict(self.prepare(df), pred_contrib=True)
+    def contributions(self, df: pd.DataFrame, prepared: bool = False) -> pd.DataFrame:
+        """SHAP values (log-odds) per feature plus `bias`; rows sum to the raw score.
+
+        With `prepared`, `df` is already the output of `prepare` (not converted again).
+        """
+        x = df if prepared else self.prepare(df)
+        contrib = self.booster.predict(x, pred_contrib=True)
         return pd.DataFrame(contrib, columns=[*self.feature_names, BIAS], index=df.index)
 
     # ----- persistence -----------------------------------------------------------
