@@ -168,11 +168,11 @@ def client_phase(spec: dict) -> dict:
 def prepare(root: Path, accounts: int, months: int) -> tuple[dict[str, str], list[str], list]:
     """Data, registry and store in `root`; returns (env, scored ids, feature rows)."""
     from cshealth.config import load_config
-    from cshealth.simulator import generate, write_dataset
-    from features.pipeline import build_snapshots, write_snapshots
+    from features.pipeline import build_snapshots
     from serving.batch import newest_rows, score_latest
     from serving.predictor import ModelPair, Scorer
     from serving.store import ScoreStore
+    from simulator import generate, write_dataset
     from training import tracking
     from training.settings import Gates
     from training.train import SnapshotTable, train
@@ -189,7 +189,7 @@ def prepare(root: Path, accounts: int, months: int) -> tuple[dict[str, str], lis
     sim = generate(accounts, months, cfg.simulator.seed, cfg.simulator.start, truth_samples=5)
     write_dataset(sim, root / "raw", None)
     snap_file = root / "snapshots.parquet"
-    write_snapshots(build_snapshots(root / "raw", cfg.features), snap_file)
+    build_snapshots(root / "raw", cfg.features).write(snap_file)
     snaps = SnapshotTable.read(snap_file)
     result = train(snaps, cfg.train, list(cfg.rules))
     # gates relaxed: the benchmark needs champions, whatever their quality

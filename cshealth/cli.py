@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cshealth.config import DEFAULT_PARAMS, Config, ConfigError, load_config
 from features.contract import Col
+from features.targets import CHURN, EXPANSION, TARGET_NAMES
+from simulator import END_DATE_CONVENTIONS, preset_names
 
 log = logging.getLogger("cshealth")
 
@@ -33,25 +35,35 @@ def _positive(text: str) -> int:
 
 def cmd_generate(args: argparse.Namespace, cfg: Config) -> int:
     """Simulate a sample data set and its ground truth."""
-    from cshealth.simulator import generate, write_dataset
+    from simulator import generate, get_preset, write_dataset
 
     sim = cfg.simulator
+    preset = get_preset(args.preset or sim.preset)
     accounts = args.accounts or sim.accounts
-    months = args.months or sim.months
+    # A preset's own history length (short_*) beats params.yaml; --months beats both.
+    months = args.months or preset.months or sim.months
     seed = sim.seed if args.seed is None else args.seed
     out = Path(args.out or cfg.data.raw_dir)
     truth = Path(args.truth or cfg.data.truth_file)
     start = args.start or sim.start
-    log.info("simulating %d accounts x %d months from %s (seed %d)", accounts, months, start, seed)
+    log.info(
+        "simulating %d accounts x %d months from %s (seed %d, preset %s)",
+        accounts, months, start, seed, preset.name,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    result = generate(accounts, months, seed, start, args.truth_samples or sim.truth_samples)
+    result = generate(
+        accounts, months, seed, start, args.truth_samples or sim.truth_samples, preset=preset,
+        horizon_days=cfg.features.horizon_days,
+        expansion_threshold=cfg.features.expansion_threshold,
+        end_date_convention=args.end_date_convention or sim.end_date_convention,
+    )  # fmt: skip
     t1 = time.perf_counter()
     rows = write_dataset(result, out, truth)
     t2 = time.perf_counter()
     for name, n in rows.items():
         print(f"  {name:<22} {n:>12,} rows")
     print(
-        f"wrote {out}/ and {truth} ({len(result.truth):,} truth rows) "
+        f"wrote {out}/ and {truth} ({len(result.truth):,} truth rows, preset {preset.name}) "
         f"in {t2 - t0:.1f} s (simulate {t1 - t0:.1f} s, write {t2 - t1:.1f} s)"
     )
     return 0
@@ -64,28 +76,31 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     data_dir = Path(args.data or cfg.data.raw_dir)
     reports = Path(args.reports or cfg.checks.reports_dir)
     run_date = args.run_date or dt.datetime.now(dt.UTC).date()
-    report = check_folder(data_dir, run_date=run_date, reports_dir=reports)
+    report = check_folder(data_dir, run_date=run_date, reports_dir=reports,
+                          end_date_convention=cfg.features.end_date_convention)  # fmt: skip
     if report.success:
         print(report.summary_line())
-        return 0
-    print(f"FAILED: {len(report.failures)} checks failed for {data_dir}", file=sys.stderr)
-    print(report.failure_table(), file=sys.stderr)
-    print(f"full results: {reports}/", file=sys.stderr)
-    return 1
+    else:
+        print(f"FAILED: {len(report.failures)} checks failed for {data_dir}", file=sys.stderr)
+        print(report.failure_table(), file=sys.stderr)
+        print(f"full results: {reports}/", file=sys.stderr)
+    if report.end_date_line():  # how `cshealth features` will read subscription end dates
+        print(report.end_date_line())
+    return 0 if report.success else 1
 
 
 def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
     """Build the point-in-time snapshot table (features + labels)."""
     from data_checks import check_snapshots
-    from features.pipeline import build_snapshots, write_snapshots
+    from features.pipeline import build_snapshots
 
     data_dir = Path(args.data or cfg.data.raw_dir)
     out = Path(args.out or cfg.features.out)
     t0 = time.perf_counter()
     snaps = build_snapshots(data_dir, cfg.features)
+    print(f"subscriptions.end_date convention: {snaps.end_date_evidence}")
     report = check_snapshots(
         snaps,
-        horizon_days=cfg.features.horizon_days,
         prevalence=cfg.checks.label_prevalence,
         report_file=Path(cfg.checks.snapshot_report),
     )
@@ -94,15 +109,15 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
         print(report.failure_table(), file=sys.stderr)
         print(f"nothing written; full results: {cfg.checks.snapshot_report}", file=sys.stderr)
         return 1
-    write_snapshots(snaps, out)
+    snaps.write(out)
     df = snaps.frame
-    churn, expansion = snaps.label_columns
+    labels = list(snaps.labels.values())
+    rates = ", ".join(f"{label} {df[label].mean():.1%}" for label in labels)
     print(
         f"wrote {out}: {len(df):,} snapshots x {len(snaps.features)} features, "
         f"{df[Col.AS_OF].nunique()} as_of dates {df[Col.AS_OF].min():%Y-%m-%d}.."
         f"{df[Col.AS_OF].max():%Y-%m-%d}, cutoff {snaps.cutoff}; "
-        f"{churn} {df[churn].mean():.1%}, {expansion} {df[expansion].mean():.1%} "
-        f"({df[churn].notna().sum():,} labelled) in {time.perf_counter() - t0:.1f} s"
+        f"{rates} ({df[labels[0]].notna().sum():,} labelled) in {time.perf_counter() - t0:.1f} s"
     )
     return 0
 
@@ -115,24 +130,31 @@ _METRIC_COLUMNS = (
 
 
 def _metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One block per target, one row per contender, the seven metrics as columns."""
+    """One block per target, one row per contender: the metrics and the AUC's 95 % interval."""
     head = "".join(f"{label:>11}" for _, label in _METRIC_COLUMNS)
     lines = []
+    nan = float("nan")
     for target, contenders in metrics.items():
-        lines.append(f"{target:<12}{head}")
-        for name, values in contenders.items():
-            cells = "".join(f"{values.get(key, float('nan')):>11.3f}" for key, _ in _METRIC_COLUMNS)
-            lines.append(f"  {name:<10}{cells}")
+        lines.append(f"{target:<12}{head}   roc_auc 95% interval  positives")
+        for name, v in contenders.items():
+            cells = "".join(f"{_num(v.get(key)):>11.3f}" for key, _ in _METRIC_COLUMNS)
+            ci = f"[{_num(v.get('roc_auc_lo', nan)):.3f}, {_num(v.get('roc_auc_hi', nan)):.3f}]"
+            lines.append(f"  {name:<10}{cells}   {ci:<20}  {int(v.get('positives', 0)):>9,}")
     return "\n".join(lines)
 
 
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
 def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
-    """Train, backtest and track the churn and expansion models; gate the champion."""
+    """Walk-forward backtest of every target, fit the champions on all known labels, gate."""
     import json
 
     from features.io import write_text
+    from features.snapshots import SnapshotTable
     from training import tracking
-    from training.train import SnapshotTable, nan_to_none, read_truth, train
+    from training.train import nan_to_none, read_truth, train
 
     t0 = time.perf_counter()
     features = Path(args.features or cfg.features.out)
@@ -144,7 +166,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
              len(snaps.frame), len(snaps.features), uri)  # fmt: skip
     result = train(snaps, cfg.train, list(cfg.rules), truth)
     metrics_file = reports / "metrics.json"
-    write_text(json.dumps(nan_to_none(result.metrics()), indent=2) + "\n", metrics_file)
+    write_text(json.dumps(nan_to_none(result.report()), indent=2) + "\n", metrics_file)
     log.info("writing plots to %s/", reports / "plots")
     from training.plots import write_plots
 
@@ -153,11 +175,23 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
     record = tracking.log_training(
         result, snaps, features, config=cfg.model_dump(mode="json"), gates=cfg.train.gates,
-        metrics_file=metrics_file, plots=plots, params_file=params_file,
+        metrics_file=metrics_file, plots=plots, params_file=params_file, seed=cfg.train.seed,
     )  # fmt: skip
+    first = next(iter(result.targets.values())).backtest.origins
+    span = f"{first[0].date()}..{first[-1].date()}" if first else "none"
+    print(f"walk-forward backtest, {len(first)} monthly origins {span} (pooled out-of-time):")
     print(_metrics_table(result.metrics()))
+    for name, r in result.targets.items():
+        info = r.model.info
+        print(f"{name}: champion candidate trained on {info['train_rows']:,} rows with labels up "
+              f"to {info['labels_up_to']} ({info['trees']} trees, {info['calibrator']} "
+              "calibration)")  # fmt: skip
+        for w in r.warnings:
+            print(f"{name}: warning: {w}")
     for decision in record.decisions.values():
         print(decision.line())
+        if not decision.promoted:
+            print(f"  to make it champion anyway: {decision.promote_command()}")
     print(
         f"wrote {metrics_file} and {len(plots)} plots to {reports / 'plots'}/; MLflow run "
         f"{record.run_id} at {record.uri} in {time.perf_counter() - t0:.1f} s"
@@ -166,7 +200,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
-    """List the registered versions of both models, their aliases and test metrics."""
+    """List the registered versions of every model, their aliases and backtest metrics."""
     from training import tracking
 
     rows = tracking.list_models()
@@ -200,16 +234,16 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     """Score every account at the newest as_of with the champions; append to the store."""
     import datetime as dt
 
+    from features.snapshots import SnapshotTable
     from serving.batch import score_latest
     from serving.predictor import ModelPair, Scorer
     from serving.store import ScoreStore, db_url
     from training import tracking
-    from training.train import SnapshotTable
 
     features = Path(args.features or cfg.features.out)
     snaps = SnapshotTable.read(features)
-    churn, v_churn = tracking.load_champion("churn")
-    expansion, v_exp = tracking.load_champion("expansion")
+    churn, v_churn = tracking.load_champion(CHURN.name)
+    expansion, v_exp = tracking.load_champion(EXPANSION.name)
     scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health)
     store = ScoreStore(db_url(cfg.serving.db_file))
     summary = score_latest(snaps.frame, scorer, store, dt.datetime.now(dt.UTC))
@@ -324,8 +358,8 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     """Write the leadership risk report (one self-contained HTML file)."""
     from cshealth.report import collect, render
     from features.io import write_text
+    from features.snapshots import SnapshotTable
     from serving.store import ScoreStore, db_url
-    from training.train import SnapshotTable
 
     out = Path(args.out or cfg.report.out)
     snaps = SnapshotTable.read(Path(args.features or cfg.features.out))
@@ -356,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_date, help="first month of data (YYYY-MM-DD)")
     g.add_argument("--truth", type=Path, help="ground-truth file (default: data.truth_file)")
     g.add_argument("--truth-samples", type=_positive, help="Monte Carlo paths for the truth")
+    g.add_argument(
+        "--preset", choices=preset_names(), metavar="NAME",
+        help=f"dynamics preset, one of: {', '.join(preset_names())} (default: simulator.preset)",
+    )  # fmt: skip
+    g.add_argument(
+        "--end-date-convention", choices=END_DATE_CONVENTIONS,
+        help="subscription end_date: last day of service (inclusive) or the next term's start "
+        "(exclusive) (default: simulator.end_date_convention)",
+    )  # fmt: skip
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help=cmd_check.__doc__)
@@ -401,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help=cmd_promote.__doc__)
     pr.add_argument("version", type=_positive, help="registered model version")
     pr.add_argument(
-        "--model", choices=["churn", "expansion"],
+        "--model", choices=TARGET_NAMES,
         help="promote this model only (default: both, when VERSION of each comes from one run)",
     )  # fmt: skip
     pr.set_defaults(func=cmd_promote)

@@ -6,10 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.settings import FeatureParams
 from serving.settings import HealthParams, ServingParams
+from simulator import EndDateConvention, preset_names
 from training.baselines import RuleComponent
 from training.settings import TrainParams
 
@@ -31,6 +32,17 @@ class SimulatorParams(_Frozen):
     seed: int = 42
     start: dt.date = dt.date(2024, 1, 1)
     truth_samples: int = Field(200, ge=1)
+    preset: str = "default"
+    #: how subscription end dates are written: last day of service, or the next term's start
+    end_date_convention: EndDateConvention = "inclusive"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        names = preset_names()
+        if value not in names:
+            raise ValueError(f"unknown preset {value!r}; choose one of: {', '.join(names)}")
+        return value
 
 
 class CheckParams(_Frozen):

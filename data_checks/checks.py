@@ -11,7 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks.report import CROSS_TABLE, CheckReport, Failure, jsonable, write_reports
+from data_checks.report import (
+    CROSS_TABLE,
+    END_DATE_CONVENTION,
+    CheckReport,
+    Failure,
+    jsonable,
+    write_reports,
+)
 from data_checks.runner import GxRunner, examples, failures_from, in_set_result
 from data_checks.suites import (
     fk_check,
@@ -21,8 +28,9 @@ from data_checks.suites import (
     type_expectations,
     value_expectations,
 )
-from features.contract import TABLES, Table
+from features.contract import TABLES, Col, T, Table
 from features.io import ContractError, Issue, load_table
+from features.subscriptions import EndDateSetting, resolve_end_date_convention
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +44,16 @@ _AMBIGUOUS = "ambiguous source"
 
 
 def check_folder(
-    data_dir: Path, run_date: dt.date | dt.datetime, reports_dir: Path | None = None
+    data_dir: Path,
+    run_date: dt.date | dt.datetime,
+    reports_dir: Path | None = None,
+    end_date_convention: EndDateSetting = "auto",
 ) -> CheckReport:
-    """Run every contract check on the tables in `data_dir`; write results to `reports_dir`."""
+    """Run every contract check on the tables in `data_dir`; write results to `reports_dir`.
+
+    Also reports how subscriptions.end_date is read (`end_date_convention`: "auto"
+    detects it) under the results' `end_date_convention` key.
+    """
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     bound = run_bound(run_date)
@@ -79,6 +94,9 @@ def check_folder(
         gx_run += n
     for entry in results["tables"].values():
         entry["failures"] = [asdict(f) for f in entry["failures"]]
+    found_convention = _end_date_convention(frames.get(T.SUBSCRIPTIONS), end_date_convention)
+    if found_convention is not None:
+        results[END_DATE_CONVENTION] = found_convention
     results["success"] = not failures
     results["seconds"] = round(time.perf_counter() - t0, 3)
     report = CheckReport(
@@ -92,6 +110,16 @@ def check_folder(
         write_reports(report, Path(reports_dir))
     log.info("%s (%.1f s)", report.summary_line(), results["seconds"])
     return report
+
+
+def _end_date_convention(
+    subs: pd.DataFrame | None, setting: EndDateSetting
+) -> dict[str, str] | None:
+    """The end-date convention the feature stage will use, with its evidence (None: no data)."""
+    if subs is None or not {Col.ACCOUNT_ID, Col.START_DATE, Col.END_DATE} <= set(subs.columns):
+        return None  # a missing table or column is already a failure
+    convention, evidence = resolve_end_date_convention(subs, setting)
+    return {"setting": setting, "convention": convention, "evidence": evidence}
 
 
 def _issue_failure(issue: Issue, rows: int = 0) -> Failure:

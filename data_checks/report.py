@@ -19,6 +19,8 @@ from features.io import write_text
 log = logging.getLogger(__name__)
 
 CROSS_TABLE = "cross_table"
+#: results key: how subscriptions.end_date is read (setting, convention, evidence)
+END_DATE_CONVENTION = "end_date_convention"
 SUMMARY = "summary"
 _MAX_CELL = {"table": 22, "check": 48, "column": 24, "examples": 110}
 
@@ -61,6 +63,11 @@ class CheckReport:
             f"({tables}); {scope}"
         )
 
+    def end_date_line(self) -> str | None:
+        """How subscriptions.end_date is read, as one line (None when not determined)."""
+        found = self.results.get(END_DATE_CONVENTION)
+        return f"subscriptions.end_date convention: {found['evidence']}" if found else None
+
     def failure_table(self) -> str:
         """A short fixed-width table: table | check | column | failing rows | examples."""
         if not self.failures:
@@ -95,6 +102,7 @@ class CheckReport:
             "summary": self.summary_line(),
             "run_date": self.results.get("run_date"),
             "data_dir": self.results.get("data_dir"),
+            END_DATE_CONVENTION: self.results.get(END_DATE_CONVENTION),
             "tables_checked": self.tables_checked,
             "expectations_run": self.expectations_run,
             "failures": [asdict(f) for f in self.failures],

@@ -1,8 +1,8 @@
 """The snapshot table's own suite, derived from the feature metadata.
 
 One row per (account_id, as_of); keys and MRR present; every feature within the
-bounds its metadata declares; labels 0/1, null wherever the horizon runs past
-the cutoff; label prevalence within sane bounds.
+bounds its metadata declares; every label of the table (one per target) 0/1,
+null wherever the horizon runs past the cutoff, its prevalence within sane bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from data_checks.runner import GxRunner, failures_from
 from features.contract import Col
 from features.io import write_text
 from features.labels import MRR_COLUMN, label_observed
-from features.pipeline import KEY_COLUMNS, Snapshots
+from features.snapshots import KEY_COLUMNS, SnapshotTable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _meta(check: str, column: str | None) -> dict[str, Any]:
     return {"check": check, "column": column}
 
 
-def _expectations(snaps: Snapshots, prevalence: tuple[float, float], labelled: int) -> list:
+def _expectations(snaps: SnapshotTable, prevalence: tuple[float, float], labelled: int) -> list:
     import great_expectations.expectations as gxe
 
     key = list(KEY_COLUMNS)
@@ -57,7 +57,7 @@ def _expectations(snaps: Snapshots, prevalence: tuple[float, float], labelled: i
                 meta=_meta(name, f.name),
             )
         )
-    for label in snaps.label_columns:
+    for label in snaps.labels.values():
         out.append(
             gxe.ExpectColumnValuesToBeInSet(
                 column=label, value_set=[0, 1], meta=_meta("0 or 1", label)
@@ -75,8 +75,7 @@ def _expectations(snaps: Snapshots, prevalence: tuple[float, float], labelled: i
 
 
 def check_snapshots(
-    snaps: Snapshots,
-    horizon_days: int,
+    snaps: SnapshotTable,
     prevalence: tuple[float, float] = (0.001, 0.5),
     report_file: Path | None = None,
 ) -> CheckReport:
@@ -84,7 +83,7 @@ def check_snapshots(
     import great_expectations.expectations as gxe
 
     df = snaps.frame
-    labels = list(snaps.label_columns)
+    labels = list(snaps.labels.values())
     # Labels are float for GX (nullable Int8 is not compared numerically).
     view = df.astype({c: "float64" for c in labels})
     labelled = int(view[labels[0]].notna().sum())
@@ -94,7 +93,7 @@ def check_snapshots(
     failures: list[Failure] = failures_from(vr, SNAPSHOTS, view, key)
     results: dict[str, Any] = {"table": vr.to_json_dict()}
     n = len(vr.results)
-    censored = view[~label_observed(view[Col.AS_OF], snaps.cutoff, horizon_days)]
+    censored = view[~label_observed(view[Col.AS_OF], snaps.cutoff, snaps.horizon_days)]
     if len(censored):
         checks = [
             gxe.ExpectColumnValuesToBeNull(

@@ -2,7 +2,7 @@
 
 Everything that touches raw data derives from the declarations here: the readers'
 type coercion (`features.io`), the Great Expectations suites (`data_checks`), the
-sample-data simulator (`cshealth.simulator`) and, later, the feature pipeline.
+sample-data simulator (the `simulator` package) and, later, the feature pipeline.
 Other modules refer to columns through `Col` and to tables through `T`, never by
 typing the name again.
 """
@@ -238,7 +238,9 @@ TABLES: Final[dict[str, Table]] = {
                 Column(
                     Col.END_DATE,
                     Kind.DATE,
-                    "Last day of this term; null while it runs on.",
+                    "End of this term: its last day of service, or the first day without "
+                    "it (the next term's start), per features.end_date_convention; null "
+                    "while it runs on.",
                     nullable=True,
                     future_ok=True,
                 ),

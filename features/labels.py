@@ -1,6 +1,13 @@
-"""Labels: churn and expansion within the horizon, censored where it is not observed."""
+"""Labels: one function per declared target, censored where the window is not observed.
+
+Subscriptions arrive here normalised to inclusive end dates (`features.subscriptions`):
+a term's end_date is its last day of service.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -8,6 +15,7 @@ import pandas as pd
 from features.calendar import covering
 from features.contract import Col
 from features.settings import FeatureParams
+from features.targets import CHURN, EXPANSION, TARGETS
 
 MRR_COLUMN = Col.MRR  # MRR at as_of, kept beside the labels for ARR weighting
 
@@ -45,34 +53,66 @@ def label_observed(as_of: pd.Series, cutoff: pd.Timestamp, horizon_days: int) ->
     return as_of + pd.Timedelta(days=horizon_days + 1) <= cutoff
 
 
+def label_columns(horizon_days: int) -> dict[str, str]:
+    """Target name -> label column at `horizon_days`, for every declared target."""
+    return {t.name: t.label(horizon_days) for t in TARGETS}
+
+
+@dataclass(frozen=True)
+class LabelWindow:
+    """MRR and coverage of each grid row at as_of, at as_of + horizon and the day after."""
+
+    now: pd.DataFrame
+    end: pd.DataFrame
+    after: pd.DataFrame
+
+
+def churn_label(window: LabelWindow, params: FeatureParams) -> np.ndarray:
+    """No subscription covers the day after the window (all active terms ended within it)."""
+    return ~window.after["covered"].to_numpy()
+
+
+def expansion_label(window: LabelWindow, params: FeatureParams) -> np.ndarray:
+    """MRR at as_of + horizon >= (1 + expansion_threshold) x MRR at as_of."""
+    return is_expansion(
+        window.end["mrr"].to_numpy(), window.now["mrr"].to_numpy(), params.expansion_threshold
+    )
+
+
+LabelFunction = Callable[[LabelWindow, FeatureParams], np.ndarray]
+#: target name -> its label function; a new target in `features.targets` needs one here
+LABEL_FUNCTIONS: dict[str, LabelFunction] = {
+    CHURN.name: churn_label,
+    EXPANSION.name: expansion_label,
+}
+
+
+def label_window(grid: pd.DataFrame, subs: pd.DataFrame, horizon_days: int) -> LabelWindow:
+    """MRR and coverage of each grid row on the three days every label reads."""
+    keys = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
+    keys["_end"] = keys[Col.AS_OF] + pd.Timedelta(days=horizon_days)
+    keys["_after"] = keys["_end"] + pd.Timedelta(days=1)
+    return LabelWindow(
+        mrr_on(subs, keys, Col.AS_OF), mrr_on(subs, keys, "_end"), mrr_on(subs, keys, "_after")
+    )
+
+
 def label_frame(
     grid: pd.DataFrame, subs: pd.DataFrame, cutoff: pd.Timestamp, params: FeatureParams
 ) -> pd.DataFrame:
-    """`mrr` at as_of plus the churn and expansion labels for each grid row.
+    """`mrr` at as_of plus one label column per declared target for each grid row.
 
-    churn: no subscription covers the day after the window, as_of + horizon + 1
-    (every term active at as_of ended on or before as_of + horizon and nothing
-    active follows). expansion: MRR at as_of + horizon >= (1 + threshold) x MRR
-    at as_of. Rows whose window is not fully observed (`label_observed`) get null
-    labels, never 0.
+    Each target's function in `LABEL_FUNCTIONS` gives 0/1; rows whose window is
+    not fully observed (`label_observed`) get null labels, never 0.
     """
-    horizon = pd.Timedelta(days=params.horizon_days)
-    keys = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
-    keys["_end"] = keys[Col.AS_OF] + horizon
-    keys["_after"] = keys["_end"] + pd.Timedelta(days=1)
-    now = mrr_on(subs, keys, Col.AS_OF)
-    later = mrr_on(subs, keys, "_end")
-    after = mrr_on(subs, keys, "_after")
-    observed = label_observed(keys[Col.AS_OF], cutoff, params.horizon_days).to_numpy()
-    churn = pd.array((~after["covered"]).astype("int8"), dtype="Int8")
-    expand = is_expansion(
-        later["mrr"].to_numpy(), now["mrr"].to_numpy(), params.expansion_threshold
-    )
-    expand = pd.array(expand.astype("int8"), dtype="Int8")
-    churn[~observed] = pd.NA
-    expand[~observed] = pd.NA
-    return pd.DataFrame(
-        {MRR_COLUMN: now["mrr"].to_numpy(), params.churn_label: churn,
-         params.expansion_label: expand},
-        index=grid.index,
-    )  # fmt: skip
+    missing = [t.name for t in TARGETS if t.name not in LABEL_FUNCTIONS]
+    if missing:
+        raise ValueError(f"no label function for target(s) {', '.join(missing)}")
+    window = label_window(grid, subs, params.horizon_days)
+    observed = label_observed(grid[Col.AS_OF], cutoff, params.horizon_days).to_numpy()
+    out = {MRR_COLUMN: window.now["mrr"].to_numpy()}
+    for t in TARGETS:
+        values = pd.array(LABEL_FUNCTIONS[t.name](window, params).astype("int8"), dtype="Int8")
+        values[~observed] = pd.NA
+        out[t.label(params.horizon_days)] = values
+    return pd.DataFrame(out, index=grid.index)

@@ -1,15 +1,15 @@
 """Build the point-in-time snapshot table from a contract-shaped data folder.
 
-Thin wiring over the pure family functions: load tables, derive the cutoff and
-calendar, take the population, compute each family present, attach labels.
+Thin wiring over the pure family functions: load tables, read subscription end
+dates one way (`features.subscriptions`), derive the cutoff and calendar, take the
+population, compute each family present, attach labels. The result is a
+`features.snapshots.SnapshotTable`, which also writes and reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -17,33 +17,19 @@ import pandas as pd
 
 from features.calendar import observed_range, population, snapshot_dates
 from features.commercial import SEATS, commercial_features, commercial_features_meta
-from features.contract import Col, T
-from features.io import ContractError, Issue, find_source, load_table, write_parquet, write_text
-from features.labels import MRR_COLUMN, label_frame
-from features.meta import Feature, by_name, to_dict
+from features.contract import T
+from features.io import ContractError, Issue, find_source, load_table
+from features.labels import MRR_COLUMN, label_columns, label_frame
+from features.meta import Feature, by_name
 from features.outcomes import outcomes_features, outcomes_features_meta
 from features.sentiment import sentiment_features, sentiment_features_meta
 from features.settings import FeatureParams
+from features.snapshots import KEY_COLUMNS, SnapshotTable
+from features.subscriptions import resolve_end_date_convention, to_inclusive
 from features.support import support_features, support_features_meta
 from features.usage import event_time_range, events_relation, usage_features, usage_features_meta
 
 log = logging.getLogger(__name__)
-
-KEY_COLUMNS = (Col.ACCOUNT_ID, Col.AS_OF)
-
-
-@dataclass(frozen=True)
-class Snapshots:
-    """The snapshot table and what describes it."""
-
-    frame: pd.DataFrame
-    features: list[Feature]
-    cutoff: pd.Timestamp
-    label_columns: tuple[str, str]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [f.name for f in self.features]
 
 
 def feature_catalog(params: FeatureParams, tables: set[str]) -> list[Feature]:
@@ -88,11 +74,16 @@ def _timed(label: str, t0: float) -> float:
     return now
 
 
-def build_snapshots(data_dir: Path, params: FeatureParams) -> Snapshots:
+def build_snapshots(data_dir: Path, params: FeatureParams) -> SnapshotTable:
     """One row per (account_id, as_of) for accounts active at as_of, features and labels."""
     t = time.perf_counter()
     data_dir = Path(data_dir)
     frames, events_src = _load(data_dir)
+    # Normalised once here: downstream, end_date is always the last day of service.
+    convention, evidence = resolve_end_date_convention(
+        frames[T.SUBSCRIPTIONS], params.end_date_convention
+    )
+    frames = {**frames, T.SUBSCRIPTIONS: to_inclusive(frames[T.SUBSCRIPTIONS], convention)}
     con = duckdb.connect()
     events_relation(con, events_src)
     ev_range = event_time_range(con)
@@ -129,28 +120,12 @@ def build_snapshots(data_dir: Path, params: FeatureParams) -> Snapshots:
     _timed("labels", t)
     frame = pd.concat(parts, axis=1)
     feats = feature_catalog(params, set(frames) | {T.USAGE_EVENTS})
-    columns = [*KEY_COLUMNS, *[f.name for f in feats], MRR_COLUMN, params.churn_label,
-               params.expansion_label]  # fmt: skip
+    labels = label_columns(params.horizon_days)
+    columns = [*KEY_COLUMNS, *[f.name for f in feats], MRR_COLUMN, *labels.values()]
     if list(frame.columns) != columns:
         raise AssertionError(f"feature columns disagree with the catalog: {list(frame.columns)}")
-    return Snapshots(frame, feats, cutoff, (params.churn_label, params.expansion_label))
-
-
-def metadata(snaps: Snapshots) -> dict:
-    """JSON-serialisable description of a snapshot table (written beside it)."""
-    df = snaps.frame
-    return {
-        "cutoff": snaps.cutoff.isoformat(),
-        "rows": len(df),
-        "as_of": [d.date().isoformat() for d in sorted(df[Col.AS_OF].unique())],
-        "labels": list(snaps.label_columns),
-        "mrr_column": MRR_COLUMN,
-        "features": [to_dict(f) for f in snaps.features],
-    }
-
-
-def write_snapshots(snaps: Snapshots, out: Path) -> None:
-    """Write the table (Parquet) and its metadata (`<stem>.meta.json`), each atomically."""
-    out = Path(out)
-    write_parquet(snaps.frame, out)
-    write_text(json.dumps(metadata(snaps), indent=2, default=str), out.with_suffix(".meta.json"))
+    return SnapshotTable(
+        frame=frame, features=feats, cutoff=cutoff, horizon_days=params.horizon_days,
+        labels=labels, expansion_threshold=params.expansion_threshold,
+        end_date_convention=convention, end_date_evidence=evidence,
+    )  # fmt: skip

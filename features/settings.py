@@ -48,11 +48,6 @@ class FeatureParams(BaseModel):
     windows: Windows = Windows()
     sentiment_window_days: int = Field(365, ge=1)
     key_event_types: tuple[str, ...] = ()
-
-    @property
-    def churn_label(self) -> str:
-        return f"churn_{self.horizon_days}d"
-
-    @property
-    def expansion_label(self) -> str:
-        return f"expansion_{self.horizon_days}d"
+    #: subscriptions.end_date is the last day of service (inclusive) or the first day
+    #: without it (exclusive); auto detects it from the data (features.subscriptions)
+    end_date_convention: Literal["auto", "inclusive", "exclusive"] = "auto"

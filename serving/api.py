@@ -160,10 +160,18 @@ class TargetModelInfo(_Model):
     run_id: str | None = None
     label: str | None = None
     horizon_days: int | None = None
-    best_iteration: int | None = None
+    trees: int | None = Field(None, description="Trees in the booster (from the backtest).")
     calibrator: str
-    test_start: str | None = None
-    test_metrics: dict[str, float | None]
+    labels_up_to: str | None = Field(
+        None, description="The newest outcome the model was trained on (as_of + horizon)."
+    )
+    backtest_origins: list[str] = Field(
+        default_factory=list, description="Origins of the walk-forward backtest (ISO dates)."
+    )
+    backtest_metrics: dict[str, float | None] = Field(
+        description="Pooled out-of-time metrics of the walk-forward backtest."
+    )
+    warnings: list[str] = Field(default_factory=list, description="What to keep in mind.")
 
 
 class StoreRunInfo(_Model):

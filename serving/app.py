@@ -10,7 +10,7 @@ limits, and answers the three API calls:
 * `score_rows(rows)`: scores explicit feature rows with the loaded champions (what-if,
   external systems); rows are validated against the models' feature metadata
   (`serving.api.row_adapter`); ``health_change`` is null (no previous scoring).
-* `model_info()`: versions, training time, test metrics, features, newest store run.
+* `model_info()`: versions, training time, backtest metrics, features, newest store run.
 
 Errors of a whole request are `ServiceError`s carrying their HTTP status: 422 invalid
 input (naming the field, for rows ``["rows", <index>, <field>]``), 413 beyond
@@ -52,6 +52,7 @@ from pydantic import ValidationError
 
 from features.contract import Col
 from features.meta import Feature
+from features.targets import CHURN, EXPANSION, TARGET_NAMES
 from serving.api import (
     FeatureInfo,
     ItemError,
@@ -72,7 +73,7 @@ from training.model import HealthModel
 log = logging.getLogger(__name__)
 
 PARAMS_ENV = "CSHEALTH_PARAMS"
-TARGETS = ("churn", "expansion")
+TARGETS = TARGET_NAMES
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -253,7 +254,7 @@ def _features_used(models: ModelPair) -> tuple[list[Feature], dict[str, list[str
     """Union of both models' features (churn's order first) and which model reads each."""
     feats: dict[str, Feature] = {}
     used: dict[str, list[str]] = {}
-    for target, m in (("churn", models.churn), ("expansion", models.expansion)):
+    for target, m, _ in models.by_target():
         for f in m.features:
             feats.setdefault(f.name, f)
             used.setdefault(f.name, []).append(target)
@@ -344,8 +345,8 @@ class HealthApp:
             store.close()
             raise LoadError(f"the score store {store!r} holds no scoring run yet: run "
                             "`cshealth score` first")  # fmt: skip
-        pair = ModelPair(loaded["churn"][0], loaded["expansion"][0], loaded["churn"][1],
-                         loaded["expansion"][1])  # fmt: skip
+        churn, expansion = loaded[CHURN.name], loaded[EXPANSION.name]
+        pair = ModelPair(churn[0], expansion[0], churn[1], expansion[1])
         app = cls(Scorer(pair, cfg.health), store, cfg.serving, model_meta=meta,
                   batch_wait_s=batch_wait_s)  # fmt: skip
         log.info("loaded champions %s and %r (latest run %s, as_of %s) in %.1f s",
@@ -514,17 +515,18 @@ class HealthApp:
     def _build_info(self) -> dict[str, Any]:
         models = self.scorer.models
         targets = {}
-        pairs = (("churn", models.churn, models.churn_version),
-                 ("expansion", models.expansion, models.expansion_version))  # fmt: skip
+        pairs = models.by_target()
         for target, m, version in pairs:
             info, meta = m.info or {}, self._model_meta.get(target, {})
             targets[target] = TargetModelInfo(
                 target=target, version=version, registered_name=meta.get("registered_name"),
                 trained_at=meta.get("trained_at") or info.get("trained_at"),
                 run_id=meta.get("run_id"), label=info.get("label"),
-                horizon_days=info.get("horizon_days"), best_iteration=info.get("best_iteration"),
-                calibrator=m.calibrator.kind, test_start=info.get("test_start"),
-                test_metrics=finite_or_none(dict(info.get("test_metrics") or {})),
+                horizon_days=info.get("horizon_days"), trees=info.get("trees"),
+                calibrator=m.calibrator.kind, labels_up_to=info.get("labels_up_to"),
+                backtest_origins=list(info.get("backtest_origins") or []),
+                backtest_metrics=finite_or_none(dict(info.get("backtest_metrics") or {})),
+                warnings=list(info.get("warnings") or []),
             )  # fmt: skip
         features = [
             FeatureInfo(name=f.name, family=str(f.family), description=f.description,
@@ -551,8 +553,8 @@ class HealthApp:
             latest = StoreRunInfo(
                 run_id=run["run_id"], scored_at=_iso(run["scored_at"]), as_of=_iso(run["as_of"]),
                 accounts=int(run["accounts"]),
-                model_version={"churn": str(run["churn_model_version"]),
-                               "expansion": str(run["expansion_model_version"])},
+                model_version={CHURN.name: str(run["churn_model_version"]),
+                               EXPANSION.name: str(run["expansion_model_version"])},
             )  # fmt: skip
         return ModelInfo(**self._static_info, latest_run=latest)
 

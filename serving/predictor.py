@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Col
+from features.targets import CHURN, EXPANSION
 from serving.health import band, component_points, health_score
 from serving.settings import HealthParams
 from training.explain import Reason, explain
@@ -31,7 +32,12 @@ class ModelPair:
 
     @property
     def version(self) -> dict[str, str]:
-        return {"churn": self.churn_version, "expansion": self.expansion_version}
+        return {CHURN.name: self.churn_version, EXPANSION.name: self.expansion_version}
+
+    def by_target(self) -> list[tuple[str, HealthModel, str]]:
+        """(target name, model, registry version) of each model, churn first."""
+        return [(CHURN.name, self.churn, self.churn_version),
+                (EXPANSION.name, self.expansion, self.expansion_version)]  # fmt: skip
 
     @property
     def feature_names(self) -> list[str]:
@@ -104,11 +110,13 @@ class Scorer:
                     "as_of": _iso(rows[Col.AS_OF].iloc[i]) if Col.AS_OF in rows else None,
                     "churn_probability": float(p_churn[i]),
                     "expansion_probability": float(p_exp[i]),
-                    "health_score": round(float(health[i]), 1),
+                    # Unrounded: rounding to a display precision ties distinct accounts
+                    # (clients and the report round for display).
+                    "health_score": float(health[i]),
                     "band": str(bands[i]),
                     "health_change": None,
                     "components": {
-                        f: round(float(v), 1) for f, v in zip(fams, points[i], strict=True)
+                        f: round(float(v), 4) for f, v in zip(fams, points[i], strict=True)
                     },
                     "reasons": [_reason(r) for r in e.top],
                     "model_version": m.version,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cshealth.simulator import SimResult, generate, write_dataset
+from simulator import SimResult, generate, write_dataset
 
 SIM_START = dt.date(2023, 3, 1)
 

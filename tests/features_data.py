@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.contract import T
+from features.contract import Col, T
 from features.settings import FeatureParams, Windows
 
 X = pd.Timestamp("2024-04-01")
@@ -197,3 +197,12 @@ def write(frames: dict[str, pd.DataFrame], out: Path, csv: tuple[str, ...] = ())
         else:
             df.to_parquet(out / f"{name}.parquet", index=False)
     return out
+
+
+def with_exclusive_end_dates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The same history written the exclusive way: end_date = first day without service."""
+    subs = frames[T.SUBSCRIPTIONS]
+    return {
+        **frames,
+        T.SUBSCRIPTIONS: subs.assign(**{Col.END_DATE: subs[Col.END_DATE] + pd.Timedelta(days=1)}),
+    }

@@ -1,10 +1,10 @@
 """A small trained set-up for the serving tests, built once per test session.
 
-150 simulated accounts x 20 months (the repo's params need about that much history for
-the time split), the snapshot table, both models trained with the repo's parameters and
-registered as champions v1 in a temporary MLflow registry (SQLite; gates relaxed so a
-small model is promoted), and the newest snapshot batch-scored into a temporary SQLite
-store. A params file beside it holds the repo's parameters with small request limits.
+150 simulated accounts x 20 months (enough history for the repo's walk-forward backtest:
+6 origins), the snapshot table, both models trained with the repo's parameters and
+registered as champions v1 in a temporary MLflow registry (SQLite; a first model is
+always promoted), and the newest snapshot batch-scored into a temporary SQLite store. A
+params file beside it holds the repo's parameters with small request limits.
 
 `serving_setup(tmp_path_factory)` returns the shared `ServingSetup`; treat its files as
 read-only (copy the registry and store with `copy_state` before changing them).
@@ -17,7 +17,7 @@ import datetime as dt
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,19 +27,22 @@ REPO = Path(__file__).resolve().parents[1]
 ACCOUNTS, MONTHS, SEED = 150, 20, 11
 #: small limits so that the limit tests stay cheap
 MAX_IDS = MAX_ROWS = 40
-#: gates any small model passes (the set-up needs champions, not good models)
-RELAXED_GATES = {"min_auc": 0.0, "max_ece": 1.0, "tolerance": 1.0}
+#: LightGBM settings of a deliberately bad model (one stump): a retrain with them is
+#: registered but not promoted over the champion
+WORSE_LIGHTGBM = {"n_estimators": 1, "num_leaves": 2, "min_rounds": 1}
 
 
 @dataclass
 class ServingSetup:
     root: Path
-    params: Path  # params file: the repo's params, relaxed gates, small limits
+    params: Path  # params file: the repo's params with small request limits
     snapshots: Path
     mlflow_db: Path
     store_db: Path
     ids: list[str]  # the account ids of the newest scoring run
     as_of: str
+    #: `model.info` of each target's champion v1 as trained in-process
+    model_info: dict[str, dict] = field(default_factory=dict)
 
     @property
     def mlflow_uri(self) -> str:
@@ -60,7 +63,8 @@ class ServingSetup:
         shutil.copy(self.mlflow_db, dest / self.mlflow_db.name)
         shutil.copy(self.store_db, dest / self.store_db.name)
         return ServingSetup(self.root, self.params, self.snapshots, dest / self.mlflow_db.name,
-                            dest / self.store_db.name, self.ids, self.as_of)  # fmt: skip
+                            dest / self.store_db.name, self.ids, self.as_of,
+                            self.model_info)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -79,9 +83,10 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def write_params(path: Path, gates: dict | None = None, lightgbm: dict | None = None) -> Path:
-    """The repo's params.yaml with other gates / LightGBM settings and small limits."""
+    """The repo's params.yaml with small limits (and other gates / LightGBM settings)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text()) or {}
-    raw.setdefault("train", {})["gates"] = gates or RELAXED_GATES
+    if gates:
+        raw.setdefault("train", {}).setdefault("gates", {}).update(gates)
     if lightgbm:
         raw["train"].setdefault("lightgbm", {}).update(lightgbm)
     raw.setdefault("serving", {}).update(max_ids_per_request=MAX_IDS,
@@ -92,13 +97,14 @@ def write_params(path: Path, gates: dict | None = None, lightgbm: dict | None = 
 
 def build(root: Path) -> ServingSetup:
     from cshealth.config import load_config
-    from cshealth.simulator import generate, write_dataset
-    from features.pipeline import build_snapshots, write_snapshots
+    from features.pipeline import build_snapshots
+    from features.snapshots import SnapshotTable
     from serving.batch import newest_rows, score_latest
     from serving.predictor import ModelPair, Scorer
     from serving.store import ScoreStore
+    from simulator import generate, write_dataset
     from training import tracking
-    from training.train import SnapshotTable, train
+    from training.train import train
 
     root.mkdir(parents=True, exist_ok=True)
     params = write_params(root / "params.yaml")
@@ -106,8 +112,8 @@ def build(root: Path) -> ServingSetup:
     sim = generate(ACCOUNTS, MONTHS, SEED, dt.date(2023, 1, 1), truth_samples=5)
     write_dataset(sim, root / "raw", None)
     snapshots = root / "features" / "snapshots.parquet"
-    write_snapshots(build_snapshots(root / "raw", cfg.features), snapshots)
-    snaps = SnapshotTable.read(snapshots)
+    build_snapshots(root / "raw", cfg.features).write(snapshots)
+    snaps = SnapshotTable.read(snapshots)  # as `cshealth train` reads it
     result = train(snaps, cfg.train, list(cfg.rules))
     setup = ServingSetup(root, params, snapshots, root / "mlflow.db", root / "scores.db", [], "")
     with environ({"MLFLOW_TRACKING_URI": setup.mlflow_uri}):
@@ -115,13 +121,17 @@ def build(root: Path) -> ServingSetup:
                                        config=cfg.model_dump(mode="json"),
                                        gates=cfg.train.gates)  # fmt: skip
     assert record.versions == {"churn": 1, "expansion": 1}, record
-    assert all(d.promoted for d in record.decisions.values()), record.decisions
+    # A first model is always promoted (the floors only warn).
+    assert all(d.promoted and d.champion_before is None for d in record.decisions.values()), (
+        record.decisions
+    )
     models = ModelPair(result.targets["churn"].model, result.targets["expansion"].model, "1", "1")
     store = ScoreStore(setup.db_url)
     summary = score_latest(snaps.frame, Scorer(models, cfg.health), store,
                            dt.datetime(2026, 1, 1, 6, 0))  # fmt: skip
     setup.ids = sorted(newest_rows(snaps.frame)["account_id"].astype(str))
     setup.as_of = summary["as_of"]
+    setup.model_info = {t: dict(r.model.info) for t, r in result.targets.items()}
     store.close()
     return setup
 

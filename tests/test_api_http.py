@@ -28,6 +28,7 @@ from tests.serving_data import (
     MAX_IDS,
     MAX_ROWS,
     REPO,
+    WORSE_LIGHTGBM,
     ServingSetup,
     environ,
     serving_setup,
@@ -284,17 +285,16 @@ def test_schemathesis_finds_no_server_error(state: State) -> None:
 def test_retrain_promote_restart_serves_the_new_version(state: State) -> None:
     """Runs last: it changes the module's registry and store and restarts the server."""
     from cshealth.config import load_config
+    from features.snapshots import SnapshotTable
     from serving.batch import score_latest
     from serving.predictor import ModelPair, Scorer
     from serving.store import ScoreStore
     from training import tracking
-    from training.train import SnapshotTable, train
+    from training.train import train
 
     setup, srv = state.setup, state.server
-    # a different model, gated strictly: registered as v2 but not promoted by the gate
-    params = write_params(setup.mlflow_db.parent / "retrain.yaml",
-                          gates={"min_auc": 0.999, "max_ece": 0.0, "tolerance": 0.0},
-                          lightgbm={"num_leaves": 4, "learning_rate": 0.1})  # fmt: skip
+    # a deliberately bad model: registered as v2, not promoted (worse than the champion)
+    params = write_params(setup.mlflow_db.parent / "retrain.yaml", lightgbm=WORSE_LIGHTGBM)
     cfg = load_config(params)
     snaps = SnapshotTable.read(setup.snapshots)
     with environ(setup.env()):
@@ -302,7 +302,8 @@ def test_retrain_promote_restart_serves_the_new_version(state: State) -> None:
                                        setup.snapshots, config=cfg.model_dump(mode="json"),
                                        gates=cfg.train.gates)  # fmt: skip
         assert record.versions == {"churn": 2, "expansion": 2}
-        assert not any(d.promoted for d in record.decisions.values())
+        for d in record.decisions.values():
+            assert not d.promoted and "worse than the champion" in d.reason, d.reason
         assert tracking.load_champion("churn")[1] == 1
         assert tracking.promote_pair(2) == {"churn": 1, "expansion": 1}
 
@@ -315,6 +316,7 @@ def test_retrain_promote_restart_serves_the_new_version(state: State) -> None:
     info = srv.post("/model_info", {}).json()
     assert info["model_version"] == v2
     assert info["models"]["churn"]["version"] == "2"
+    assert info["models"]["churn"]["trees"] == 1  # the stump
     r = srv.post("/score_features", {"rows": [{"account_id": "x"}]}).json()
     assert r["results"][0]["model_version"] == v2
     # scores by id come from the store: v1 until the next batch scoring, then v2

@@ -312,3 +312,44 @@ def test_reports_written_and_stale_ones_replaced(work_dir: Path, tmp_path: Path)
     assert "stale" not in cross and cross["foreign_keys"]
     table = report.failure_table()
     assert T.SUPPORT_TICKETS in table and Col.PRIORITY in table and "critical" in table
+
+
+# -- subscription end-date convention --------------------------------------------------------
+
+
+def end_dates_exclusive(df: pd.DataFrame) -> None:
+    df[Col.END_DATE] = df[Col.END_DATE] + pd.Timedelta(days=1)
+
+
+def test_end_date_convention_is_reported(handmade_dir: Path, tmp_path: Path) -> None:
+    """handmade: 101 renews on 2024-01-01 after a term ending 2023-12-31 (inclusive)."""
+    report = run(handmade_dir)
+    assert report.results["end_date_convention"] == {
+        "setting": "auto",
+        "convention": "inclusive",
+        "evidence": "inclusive: 1 of 1 consecutive terms start the day after the previous end",
+    }
+    assert report.end_date_line() == (
+        "subscriptions.end_date convention: inclusive: 1 of 1 consecutive terms start the day "
+        "after the previous end"
+    )
+    # The same folder written the exclusive way (end = the next term's start).
+    work = Path(shutil.copytree(handmade_dir, tmp_path / "exclusive"))
+    edit(T.SUBSCRIPTIONS, end_dates_exclusive)(work)
+    reports = tmp_path / "reports"
+    report = check_folder(work, run_date=RUN_DATE, reports_dir=reports)
+    assert report.success, report.failure_table()
+    found = json.loads((reports / "summary.json").read_text())["end_date_convention"]
+    assert found["convention"] == "exclusive"
+    assert found["evidence"] == "exclusive: 1 of 1 consecutive terms touch (end = next start)"
+    told = check_folder(work, run_date=RUN_DATE, end_date_convention="inclusive")
+    assert told.results["end_date_convention"]["evidence"] == (
+        "inclusive: set in params.yaml (features.end_date_convention)"
+    )
+
+
+def test_end_date_convention_absent_without_subscriptions(work_dir: Path) -> None:
+    delete_table(T.SUBSCRIPTIONS)(work_dir)
+    report = run(work_dir)
+    assert not report.success
+    assert "end_date_convention" not in report.results and report.end_date_line() is None

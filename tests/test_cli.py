@@ -41,7 +41,9 @@ def test_generate_replaces_a_stale_csv(tmp_path: Path) -> None:
 def test_check_exit_codes(generated_dir: Path, tmp_path: Path, capsys) -> None:
     reports = tmp_path / "checks"
     assert main(["check", str(generated_dir), "--reports", str(reports)]) == 0
-    assert capsys.readouterr().out.startswith("OK")
+    printed = capsys.readouterr().out
+    assert printed.startswith("OK")
+    assert "subscriptions.end_date convention: inclusive: " in printed
     bad = tmp_path / "bad"
     shutil.copytree(generated_dir, bad)
     (bad / f"{T.SUBSCRIPTIONS}.parquet").unlink()
@@ -89,8 +91,11 @@ def test_features_stage_writes_checked_snapshots(
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     names = [f["name"] for f in meta["features"]]
     assert len(names) >= 40 and set(names) <= set(df.columns)
-    assert meta["labels"] == ["churn_90d", "expansion_90d"]
-    assert "snapshots x" in capsys.readouterr().out
+    assert meta["labels"] == {"churn": "churn_90d", "expansion": "expansion_90d"}
+    assert meta["horizon_days"] == 90 and meta["end_date_convention"] == "inclusive"
+    printed = capsys.readouterr().out
+    assert "snapshots x" in printed
+    assert "subscriptions.end_date convention: inclusive: " in printed
     assert json.loads(report.read_text())["success"]
 
 

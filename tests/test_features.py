@@ -8,6 +8,7 @@ w days at as_of is [as_of - w days, as_of): records at as_of itself never count.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 import shutil
@@ -19,10 +20,12 @@ import pandas as pd
 import pytest
 
 from features.contract import Col, T
-from features.labels import label_frame
+from features.labels import LABEL_FUNCTIONS, label_columns, label_frame
 from features.meta import Family
-from features.pipeline import KEY_COLUMNS, Snapshots, build_snapshots
+from features.pipeline import build_snapshots
 from features.settings import FeatureParams, Windows
+from features.snapshots import KEY_COLUMNS, META_KEYS, SnapshotTable
+from features.targets import TARGET_NAMES, TARGETS
 
 X = hb.X
 
@@ -35,18 +38,18 @@ def hand_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hand(hand_dir: Path) -> Snapshots:
+def hand(hand_dir: Path) -> SnapshotTable:
     return build_snapshots(hand_dir, hb.PARAMS)
 
 
-def row(snaps: Snapshots, account: str, as_of: str | pd.Timestamp) -> pd.Series:
+def row(snaps: SnapshotTable, account: str, as_of: str | pd.Timestamp) -> pd.Series:
     f = snaps.frame
     hit = f[(f[Col.ACCOUNT_ID] == account) & (f[Col.AS_OF] == pd.Timestamp(as_of))]
     assert len(hit) == 1, f"expected one row for {account} at {as_of}, got {len(hit)}"
     return hit.iloc[0]
 
 
-def family_columns(snaps: Snapshots, family: Family) -> list[str]:
+def family_columns(snaps: SnapshotTable, family: Family) -> list[str]:
     return [f.name for f in snaps.features if f.family == family]
 
 
@@ -63,7 +66,7 @@ def check(r: pd.Series, expected: dict[str, float | None]) -> None:
 # --------------------------------------------------------------------------- population
 
 
-def test_calendar_and_population(hand: Snapshots) -> None:
+def test_calendar_and_population(hand: SnapshotTable) -> None:
     f = hand.frame
     assert list(pd.DatetimeIndex(sorted(f[Col.AS_OF].unique()))) == list(hb.AS_OFS)
     members = f.groupby(Col.AS_OF)[Col.ACCOUNT_ID].apply(lambda s: "".join(sorted(s)))
@@ -84,7 +87,7 @@ def test_calendar_and_population(hand: Snapshots) -> None:
 # --------------------------------------------------------------------------- families by hand
 
 
-def test_usage_features_by_hand(hand: Snapshots) -> None:
+def test_usage_features_by_hand(hand: SnapshotTable) -> None:
     r = row(hand, "C", X)
     expected = {
         # u1 (X-1, X-3), u8 (X-7, first day of the window); u9 at X-8 is outside
@@ -116,7 +119,7 @@ def test_usage_features_by_hand(hand: Snapshots) -> None:
     check(r, expected)
 
 
-def test_usage_for_the_other_accounts_and_dates(hand: Snapshots) -> None:
+def test_usage_for_the_other_accounts_and_dates(hand: SnapshotTable) -> None:
     # B at X: b1 on X-12, b2 on X-4 (a report).
     check(
         row(hand, "B", X),
@@ -138,7 +141,7 @@ def test_usage_for_the_other_accounts_and_dates(hand: Snapshots) -> None:
     )  # fmt: skip
 
 
-def test_support_features_by_hand(hand: Snapshots) -> None:
+def test_support_features_by_hand(hand: SnapshotTable) -> None:
     r = row(hand, "B", X)
     expected = {
         # T1 (6.6 d ago), T2 (21.6 d), T7 (Mar 31 23:00, 1 h ago); T6 opened at X is ignored
@@ -167,7 +170,7 @@ def test_support_features_by_hand(hand: Snapshots) -> None:
                               "tickets_per_seat_90d": 1 / 130})  # fmt: skip
 
 
-def test_sentiment_features_by_hand(hand: Snapshots) -> None:
+def test_sentiment_features_by_hand(hand: SnapshotTable) -> None:
     r = row(hand, "B", X)
     # In 365 d: R1 9 (11.5 d ago, b1), R2 4 (60 d, b2), R3 7 (244 d, b1).
     # R4 (397 d) is outside the window; R5 (after X) is ignored.
@@ -193,7 +196,7 @@ def test_sentiment_features_by_hand(hand: Snapshots) -> None:
     )
 
 
-def test_outcomes_features_by_hand(hand: Snapshots) -> None:
+def test_outcomes_features_by_hand(hand: SnapshotTable) -> None:
     r = row(hand, "B", X)
     # Goals set before X: G1..G4, G6 (G5 starts at X).
     # G1: 100 -> 200, last value before X 160 (the 250 at X is ignored): progress 0.6;
@@ -217,7 +220,7 @@ def test_outcomes_features_by_hand(hand: Snapshots) -> None:
                                           "days_since_last_measurement": None})  # fmt: skip
 
 
-def test_commercial_features_by_hand(hand: Snapshots) -> None:
+def test_commercial_features_by_hand(hand: SnapshotTable) -> None:
     r = row(hand, "C", X)
     expected = {
         # created 2023-08-15 12:00 (before the first term, 2023-09-01)
@@ -256,8 +259,8 @@ def test_commercial_features_by_hand(hand: Snapshots) -> None:
 # --------------------------------------------------------------------------- labels
 
 
-def test_labels_by_hand(hand: Snapshots) -> None:
-    churn, expansion = hand.label_columns
+def test_labels_by_hand(hand: SnapshotTable) -> None:
+    churn, expansion = hand.labels["churn"], hand.labels["expansion"]
     assert (churn, expansion) == ("churn_90d", "expansion_90d")
     want = {
         # A's only term ends 2024-02-15: nothing covers Mar 31 or May 1.
@@ -333,7 +336,7 @@ def test_censoring_with_derived_cutoff(hand_dir: Path) -> None:
     scoring = f[f[Col.AS_OF] == newest]
     assert sorted(scoring[Col.ACCOUNT_ID]) == ["B", "C"]
     labelled = f[Col.AS_OF] + pd.Timedelta(days=91) <= snaps.cutoff
-    for col in snaps.label_columns:
+    for col in snaps.labels.values():
         assert f.loc[~labelled, col].isna().all()
         assert f.loc[labelled, col].notna().all()
     assert labelled.sum() == 8  # Jan 1 (A, B, C), Feb 1 (A, B, C), Mar 1 (B, C)
@@ -361,7 +364,7 @@ def test_censoring_on_generated(generated_dir: Path) -> None:
     assert f[Col.AS_OF].max() == cutoff.normalize() + pd.Timedelta(days=1)
     late = f[Col.AS_OF] + pd.Timedelta(days=91) > cutoff
     assert late.any() and (~late).any()
-    for col in snaps.label_columns:
+    for col in snaps.labels.values():
         assert f.loc[late, col].isna().all()
         assert f.loc[~late, col].notna().all()
         assert set(f.loc[~late, col].astype(int)) <= {0, 1}
@@ -417,13 +420,13 @@ _GEN_PARAMS = FeatureParams(
 
 
 @pytest.fixture(scope="module")
-def generated_full(generated_dir: Path) -> Snapshots:
+def generated_full(generated_dir: Path) -> SnapshotTable:
     return build_snapshots(generated_dir, _GEN_PARAMS)
 
 
-def meta_matches_frame(snaps: Snapshots) -> None:
+def meta_matches_frame(snaps: SnapshotTable) -> None:
     cols = [c for c in snaps.frame.columns
-            if c not in (*KEY_COLUMNS, Col.MRR, *snaps.label_columns)]  # fmt: skip
+            if c not in (*KEY_COLUMNS, Col.MRR, *snaps.labels.values())]  # fmt: skip
     assert snaps.feature_names == cols
 
 
@@ -438,7 +441,7 @@ def meta_matches_frame(snaps: Snapshots) -> None:
     ],
 )
 def test_optional_tables_absent(
-    removed: tuple[str, ...], generated_dir: Path, generated_full: Snapshots, tmp_path: Path
+    removed: tuple[str, ...], generated_dir: Path, generated_full: SnapshotTable, tmp_path: Path
 ) -> None:
     data = tmp_path / "raw"
     shutil.copytree(generated_dir, data)
@@ -474,7 +477,7 @@ def test_only_required_tables_with_derived_calendar(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- metadata
 
 
-def test_metadata_on_full_data(generated_full: Snapshots) -> None:
+def test_metadata_on_full_data(generated_full: SnapshotTable) -> None:
     feats = generated_full.features
     meta_matches_frame(generated_full)
     assert len(feats) >= 40
@@ -507,7 +510,7 @@ def _windows_in(text: str) -> set[int]:
     return {int(n) for n in re.findall(r"(\d+) days", text)}
 
 
-def test_feature_names_carry_windows_and_units(generated_full: Snapshots) -> None:
+def test_feature_names_carry_windows_and_units(generated_full: SnapshotTable) -> None:
     """A window in the description is in the name as `_{N}d` and vice versa; units show."""
     for f in generated_full.features:
         in_name = {int(n) for n in re.findall(r"_(\d+)d(?=_|$)", f.name)}
@@ -551,7 +554,7 @@ def test_configured_windows_rename_and_recompute(hand_dir: Path) -> None:
 # --------------------------------------------------------------------------- event sources
 
 
-def test_usage_sources_csv_and_parquet_folder_agree(hand: Snapshots, tmp_path: Path) -> None:
+def test_usage_sources_csv_and_parquet_folder_agree(hand: SnapshotTable, tmp_path: Path) -> None:
     frames = hb.tables()
     events = frames.pop(T.USAGE_EVENTS)
 
@@ -577,7 +580,7 @@ def test_usage_sources_csv_and_parquet_folder_agree(hand: Snapshots, tmp_path: P
         pd.testing.assert_frame_equal(got.frame, hand.frame)
 
 
-def test_sentence_with_missing_value(generated_full: Snapshots) -> None:
+def test_sentence_with_missing_value(generated_full: SnapshotTable) -> None:
     f = next(f for f in generated_full.features if f.name == "active_users_30d")
     assert f.sentence(12.0) == "12 users active in the last 30 days"
     assert f.sentence(math.nan) == "nan users active in the last 30 days"
@@ -588,7 +591,7 @@ def test_sentence_with_missing_value(generated_full: Snapshots) -> None:
 
 
 def test_weekly_calendar_gives_the_same_rows_on_shared_dates(
-    hand: Snapshots, hand_dir: Path
+    hand: SnapshotTable, hand_dir: Path
 ) -> None:
     """Features at an as_of do not depend on the other snapshot dates (usage buckets)."""
     weekly = build_snapshots(hand_dir, hb.PARAMS.model_copy(update={"frequency": "weekly"}))
@@ -612,7 +615,7 @@ def test_windows_must_be_ordered() -> None:
         Windows(short=30, medium=30, long=90)
 
 
-def test_empty_usage_events(hand: Snapshots, tmp_path: Path) -> None:
+def test_empty_usage_events(hand: SnapshotTable, tmp_path: Path) -> None:
     frames = hb.tables()
     frames[T.USAGE_EVENTS] = frames[T.USAGE_EVENTS].iloc[:0]
     snaps = build_snapshots(hb.write(frames, tmp_path / "raw"), hb.PARAMS)
@@ -642,3 +645,62 @@ def test_bad_usage_events_are_a_contract_error_naming_the_column(tmp_path: Path)
     events.drop(columns=[Col.USER_ID]).to_csv(data / f"{T.USAGE_EVENTS}.csv", index=False)
     with pytest.raises(ContractError, match=r"usage_events\.user_id: missing column"):
         build_snapshots(data, hb.PARAMS)
+
+
+# --------------------------------------------------------------------------- targets and table
+
+
+def test_every_declared_target_has_a_label_function_and_column(hand: SnapshotTable) -> None:
+    assert list(LABEL_FUNCTIONS) == list(TARGET_NAMES)
+    assert hand.labels == {t.name: t.label(90) for t in TARGETS}
+    assert hand.labels == {"churn": "churn_90d", "expansion": "expansion_90d"}
+    assert list(hand.frame.columns[-len(TARGETS) :]) == list(hand.labels.values())
+    assert label_columns(30) == {"churn": "churn_30d", "expansion": "expansion_30d"}
+    assert (hand.horizon_days, hand.expansion_threshold) == (90, 0.10)
+
+
+def test_the_table_round_trips_with_its_metadata(hand: SnapshotTable, tmp_path: Path) -> None:
+    out = tmp_path / "features" / "snapshots.parquet"
+    hand.write(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "snapshots.meta.json",
+        "snapshots.parquet",
+    ]  # no temporary files left behind
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert set(meta) == set(META_KEYS)
+    assert meta["labels"] == {"churn": "churn_90d", "expansion": "expansion_90d"}
+    assert meta["horizon_days"] == 90 and meta["expansion_threshold"] == 0.10
+    assert meta["rows"] == len(hand.frame) and meta["as_of"][0] == "2024-01-01"
+    assert meta["mrr_column"] == Col.MRR and meta["cutoff"] == "2024-06-20T10:00:00"
+    assert meta["end_date_convention"] == "inclusive"
+    assert meta["end_date_evidence"].startswith("inclusive: 2 of 2 consecutive terms")
+    back = SnapshotTable.read(out)
+    pd.testing.assert_frame_equal(back.frame, hand.frame)
+    for field in ("features", "cutoff", "horizon_days", "labels", "expansion_threshold",
+                  "end_date_convention", "end_date_evidence"):  # fmt: skip
+        assert getattr(back, field) == getattr(hand, field), field
+    assert back.feature_names == hand.feature_names
+
+
+def test_reading_a_missing_or_old_table_says_what_to_do(
+    hand: SnapshotTable, tmp_path: Path
+) -> None:
+    out = tmp_path / "snapshots.parquet"
+    with pytest.raises(FileNotFoundError, match=r"run `cshealth features` first"):
+        SnapshotTable.read(out)
+    hand.write(out)
+    meta_file = out.with_suffix(".meta.json")
+    meta = json.loads(meta_file.read_text())
+    # The format before targets were data: labels as a list, no horizon or convention.
+    old = {k: meta[k] for k in ("cutoff", "rows", "as_of", "mrr_column", "features")}
+    meta_file.write_text(json.dumps({**old, "labels": ["churn_90d", "expansion_90d"]}))
+    with pytest.raises(
+        ValueError, match=r"older version.*horizon_days.*re-run `cshealth features`"
+    ):
+        SnapshotTable.read(out)
+    meta_file.write_text(json.dumps({**meta, "labels": ["churn_90d", "expansion_90d"]}))
+    with pytest.raises(ValueError, match=r"re-run `cshealth features`"):
+        SnapshotTable.read(out)
+    meta_file.write_text("{not json")
+    with pytest.raises(ValueError, match=r"not valid JSON.*re-run `cshealth features`"):
+        SnapshotTable.read(out)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cshealth.simulator import SimResult
 from features.contract import REQUIRED_TABLES, TABLES, Col, T
 from features.io import (
     ContractError,
@@ -17,6 +16,7 @@ from features.io import (
     load_table,
     write_parquet,
 )
+from simulator import SimResult
 
 
 def test_contract_is_consistent() -> None:

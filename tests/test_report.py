@@ -26,6 +26,35 @@ ACCOUNTS = [  # id, name, segment, csm, mrr, p_churn, p_exp, health, band, previ
 ]
 
 
+POOLED = {  # one contender's pooled backtest metrics, as `cshealth train` writes them
+    "roc_auc": 0.7662, "roc_auc_lo": 0.7121, "roc_auc_hi": 0.8154, "pr_auc": 0.2,
+    "brier": 0.0567, "ece": 0.0231, "top_decile_lift": 3.24, "top_decile_recall": 0.324,
+    "top_decile_arr_share": 0.146, "rows": 3000, "positives": 187,
+}  # fmt: skip
+ORIGINS = ["2025-05-01", "2025-06-01", "2025-07-01", "2025-08-01", "2025-09-01", "2025-10-01"]
+#: metrics.json of `cshealth train` (`TrainResult.report()`): per target the pooled
+#: walk-forward backtest, its intervals, the per-origin table and the warnings
+METRICS = {
+    t: {
+        "evaluation": "walk-forward backtest (pooled out-of-time predictions)",
+        "label": f"{t}_90d", "horizon_days": 90, "origins": len(ORIGINS),
+        "first_origin": ORIGINS[0], "last_origin": ORIGINS[-1], "rows": 3000, "positives": 187,
+        "trained_on_labels_up_to": "2025-12-30", "champion_rows": 9876,
+        "champion_positives": 640, "trees": 143, "calibration": "platt",
+        "monotone_constraints": False,
+        "warnings": [f"{t}: only a test warning about positives"],
+        "contenders": {m: dict(POOLED) for m in ("lightgbm", "logistic", "rules")},
+        "per_origin": {
+            day: {"train_rows": 1000 + 111 * i, "rows": 500, "positives": 31 + i, "trees": 140,
+                  "lightgbm_roc_auc": 0.7512, "logistic_roc_auc": 0.70,
+                  "rules_roc_auc": 0.65}
+            for i, day in enumerate(ORIGINS)
+        },
+    }
+    for t in ("churn", "expansion")
+}  # fmt: skip
+
+
 def _item(a: tuple, health: float, band: str) -> dict:
     return {
         "account_id": a[0],
@@ -86,22 +115,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> str:
         store.write_run(run, items, [])
     reports = root / "reports"
     (reports / "plots").mkdir(parents=True)
-    metrics = {
-        t: {
-            m: {
-                "roc_auc": 0.7662,
-                "pr_auc": 0.2,
-                "brier": 0.0567,
-                "ece": 0.0231,
-                "top_decile_lift": 3.24,
-                "top_decile_recall": 0.324,
-                "top_decile_arr_share": 0.146,
-            }
-            for m in ("lightgbm", "logistic", "rules")
-        }
-        for t in ("churn", "expansion")
-    }
-    (reports / "metrics.json").write_text(json.dumps(metrics))
+    (reports / "metrics.json").write_text(json.dumps(METRICS))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,6 +217,16 @@ def test_report_renders_in_chromium_with_every_section(report_html: str) -> None
     assert "Active users of Blue Retail fell 45% in 30 days" in text
     assert "-24.0" in text  # Blue Retail moved from 45 to 21
     assert "0.766" in text and "3.24×" in text  # backtest metrics
+    # The walk-forward backtest of each target: interval, size, origins, warnings, per origin.
+    for target in ("Churn", "Expansion"):
+        assert f"{target} model: walk-forward backtest" in text
+    assert "0.766 [0.712–0.815]" in text
+    assert "6 monthly origins 2025-05-01 to 2025-10-01" in text
+    assert "3,000 pooled out-of-time predictions, 187 positives" in text
+    assert "trained on labels up to 2025-12-30 (9,876 rows, 143 trees, platt calibration)" in text
+    assert "churn: only a test warning about positives" in text
+    assert "expansion: only a test warning about positives" in text
+    assert "2025-08-01 1,333 500 34 0.751 0.700 0.650" in text  # one per-origin row
     assert "churn v4, expansion v2" in text
     assert "OK: 7 tables, 4,348,886 rows, 203 checks passed" in text
     # Red accounts lead the at-risk list.

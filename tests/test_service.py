@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -41,6 +42,7 @@ from serving.auth import (
     BearerAuthMiddleware,
     auth_from_env,
 )
+from serving.health import health_score
 from serving.store import ScoreStore
 from tests.serving_data import MAX_IDS, MAX_ROWS, REPO, ServingSetup, environ, serving_setup
 
@@ -101,6 +103,19 @@ def test_known_ids_return_every_field(app: HealthApp, setup: ServingSetup) -> No
         assert all(r["sentence"] for r in d["reasons"])
         assert isinstance(d["missing_features"], list)
         assert d["health_change"] is None  # the store's first run
+        # health is not rounded (rounding ties accounts); components are, to 4 decimals
+        want = float(health_score(np.array([d["churn_probability"]]), cfg.health)[0])
+        assert d["health_score"] == pytest.approx(want, rel=0, abs=1e-9)
+        assert all(v == round(v, 4) for v in d["components"].values())
+
+
+def test_components_add_up_to_health_minus_the_average(app: HealthApp, setup: ServingSetup) -> None:
+    """Every account's components sum to its health minus one baseline (up to rounding)."""
+    items = [r for chunk in _chunks(setup.ids, MAX_IDS) for r in app.score_ids(chunk).results]
+    base = np.array([r.health_score - sum(r.components.values()) for r in items])
+    assert np.ptp(base) <= 5 * 1e-4  # at most 5 families, each rounded to 1e-4
+    health = [r.health_score for r in items]
+    assert len(set(health)) > 0.9 * len(health)  # unrounded: distinct accounts rarely tie
 
 
 def test_unknown_id_fails_only_its_item(app: HealthApp, setup: ServingSetup) -> None:
@@ -242,7 +257,17 @@ def test_model_info(app: HealthApp, setup: ServingSetup) -> None:
     churn = info.models["churn"]
     assert churn.version == "1" and churn.registered_name == "cshealth-churn"
     assert churn.trained_at and churn.run_id and churn.label == "churn_90d"
-    assert 0 < churn.test_metrics["roc_auc"] <= 1
+    assert churn.horizon_days == 90
+    for target, m in info.models.items():  # what the backtest said about each champion
+        trained = setup.model_info[target]
+        assert 0 < m.backtest_metrics["roc_auc"] <= 1
+        assert m.backtest_metrics == pytest.approx(trained["backtest_metrics"])
+        assert m.backtest_origins == trained["backtest_origins"] and len(m.backtest_origins) >= 2
+        assert m.labels_up_to == trained["labels_up_to"]
+        assert m.backtest_origins[-1] < m.labels_up_to <= setup.as_of
+        assert m.trees == trained["trees"] >= 1
+        assert m.calibrator == trained["calibrator"]
+        assert m.warnings == trained["warnings"]
     assert {f.name for f in info.features} == set(app.feature_names)
     for f in info.features:
         assert f.family and f.description and f.unit is not None and f.used_by

@@ -76,6 +76,21 @@ def test_runs_append_and_track_change(store: ScoreStore) -> None:
     assert store.features(["A"]) == {}  # replaced by run 2, which stored none
 
 
+def test_unrounded_health_scores_are_kept_exactly(store: ScoreStore) -> None:
+    """Scores arrive unrounded (rounding ties accounts): the store keeps every digit."""
+    first, second = 61.23456789012345, 58.98765432109876
+    item = {**_item("A", first), "components": {"usage": -3.1416, "support": 0.0001}}
+    store.write_run(_run(1), [item], [])
+    got = store.latest_scores(["A"])["A"]
+    assert got["health_score"] == first
+    assert got["components"] == {"usage": -3.1416, "support": 0.0001}
+    store.write_run(_run(2), [_item("A", second)], [])
+    got = store.latest_scores(["A"])["A"]
+    assert got["health_score"] == second
+    assert got["health_change"] == pytest.approx(second - first, abs=0.05)
+    assert [h["health_score"] for h in store.history("A")] == [first, second]
+
+
 def test_failed_write_leaves_nothing(store: ScoreStore) -> None:
     store.write_run(_run(1), [_item("A", 60.0)], [])
     bad = _item("B", 70.0)

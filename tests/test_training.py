@@ -6,6 +6,7 @@ months, about 4.7 k rows) and trained on with the repository's params.yaml.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import subprocess
@@ -17,24 +18,36 @@ import pandas as pd
 import pytest
 
 from cshealth.config import Config, load_config
-from cshealth.simulator import generate, write_dataset
 from features.contract import Col
 from features.labels import MRR_COLUMN
 from features.meta import Family, by_name
-from features.pipeline import build_snapshots, write_snapshots
+from features.pipeline import build_snapshots
 from features.settings import FeatureParams
+from features.snapshots import SnapshotTable
+from features.targets import TARGET_NAMES
+from simulator import generate, write_dataset
+from training.backtest import (
+    HistoryTooShort,
+    choose_rounds,
+    closed_before,
+    plan_origins,
+)
 from training.explain import explain, missing_sentence, rank_reasons
 from training.metrics import (
+    bootstrap_intervals,
     equal_frequency_bins,
     evaluate,
     expected_calibration_error,
+    paired_auc_difference,
+    tied_share,
     top_decile,
+    weighted_metrics,
 )
-from training.model import BIAS, HealthModel
-from training.plots import PLOT_NAMES, decile_lift, plot_paths, rows_of_test_slice, write_plots
-from training.split import time_split
-from training.train import CHURN, EXPANSION, SnapshotTable, TrainResult, read_truth, train
+from training.model import BIAS, Calibrator, HealthModel, choose_calibrator
+from training.plots import PLOT_NAMES, decile_lift, plot_paths, rows_of_backtest, write_plots
+from training.train import TrainResult, read_truth, train
 
+CHURN, EXPANSION = TARGET_NAMES
 #: shap's own import-time and LightGBM-output notices, not ours
 SHAP_NOISE = (
     pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
@@ -54,10 +67,10 @@ def cfg() -> Config:
 def sim_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(snapshot table, truth file) from a small simulation."""
     root = tmp_path_factory.mktemp("training")
-    sim = generate(accounts=400, months=20, seed=11, start=dt.date(2024, 1, 1), truth_samples=10)
+    sim = generate(400, 20, seed=11, start=dt.date(2024, 1, 1), truth_samples=10)
     write_dataset(sim, root / "raw", root / "truth.parquet")
     params = FeatureParams(key_event_types=("workflow_run", "integration_sync", "api_call"))
-    write_snapshots(build_snapshots(root / "raw", params), root / "snapshots.parquet")
+    build_snapshots(root / "raw", params).write(root / "snapshots.parquet")
     return root / "snapshots.parquet", root / "truth.parquet"
 
 
@@ -78,59 +91,186 @@ def result(snaps: SnapshotTable, cfg: Config, truth: pd.DataFrame) -> TrainResul
 
 @pytest.fixture(scope="module")
 def holdout(result: TrainResult, snaps: SnapshotTable) -> pd.DataFrame:
-    """The snapshot rows of the churn test slice (the same dates serve both targets)."""
-    return rows_of_test_slice(result.targets[CHURN], snaps)
+    """The snapshot rows the churn backtest predicted (the same rows serve both targets)."""
+    return rows_of_backtest(result.targets[CHURN], snaps)
 
 
 def _with_frame(snaps: SnapshotTable, frame: pd.DataFrame) -> SnapshotTable:
-    return SnapshotTable(frame, snaps.features, snaps.labels, snaps.horizon_days)
+    return dataclasses.replace(snaps, frame=frame)
 
 
-# ----- time split ----------------------------------------------------------------------------
+# ----- the walk-forward backtest ----------------------------------------------------------------
 @pytest.mark.parametrize("target", [CHURN, EXPANSION])
-def test_time_split_orders_slices_and_purges_label_windows(
-    snaps: SnapshotTable, cfg: Config, target: str
+def test_every_origin_trains_only_on_labels_closed_before_it(
+    result: TrainResult, snaps: SnapshotTable, cfg: Config, target: str
 ) -> None:
-    df, label, p = snaps.frame, snaps.labels[target], cfg.train
-    split = time_split(df, label, p.valid_periods, p.test_periods, snaps.horizon_days, p.purge)
-    as_of, horizon = df[Col.AS_OF], pd.Timedelta(days=snaps.horizon_days)
-    tr, va, te = split.train, split.valid, split.test
-    assert tr.any() and va.any() and te.any()
-    assert not (tr & va).any() and not (tr & te).any() and not (va & te).any()
-    assert df.loc[tr | va | te, label].notna().all()  # unlabelled rows are in no slice
-    assert as_of[tr].max() < split.valid_start <= as_of[va].min()
-    assert as_of[va].max() < split.test_start <= as_of[te].min()
-    # Purge: no label window of a slice reaches into the next one.
-    assert (as_of[tr] + horizon <= split.valid_start).all()
-    assert (as_of[va] + horizon <= split.test_start).all()
-    # The test slice is exactly the latest `test_periods` labelled dates.
-    labelled = sorted(df.loc[df[label].notna(), Col.AS_OF].unique())
-    assert sorted(as_of[te].unique()) == labelled[-p.test_periods :]
-    assert split.describe()["test_rows"] == int(te.sum())
+    res = result.targets[target]
+    bt, horizon = res.backtest, snaps.horizon_days
+    label = snaps.labels[target]
+    labelled = snaps.frame[snaps.frame[label].notna()]
+    dates = sorted(labelled[Col.AS_OF].unique())
+    # The last K labelled dates (K from params) are the origins, each with earlier labels.
+    assert bt.origins == [pd.Timestamp(d) for d in dates[-cfg.train.backtest.origins :]]
+    assert len(bt.per_origin) == len(bt.origins)
+    for row, origin in zip(bt.per_origin, bt.origins, strict=True):
+        train_rows = labelled[closed_before(labelled[Col.AS_OF], origin, horizon)]
+        assert row["train_rows"] == len(train_rows) > 0
+        # No training row's label window reaches the origin.
+        window_end = train_rows[Col.AS_OF] + pd.Timedelta(days=horizon + 1)
+        assert (window_end <= origin).all()
+        at_origin = labelled[labelled[Col.AS_OF] == origin]
+        assert row["rows"] == len(at_origin)
+        assert row["positives"] == int(at_origin[label].sum())
+    # Every contender is scored on exactly the same pooled rows.
+    pred = bt.predictions
+    assert set(pred[Col.AS_OF].unique()) == set(bt.origins)
+    assert len(pred) == sum(r["rows"] for r in bt.per_origin)
+    for name in ("lightgbm", "logistic", "rules", "oracle"):
+        assert pred[name].notna().all(), name
+        assert res.metrics[name]["rows"] == len(pred)
+        assert res.metrics[name]["positives"] == int(pred["y"].sum()) == bt.positives
 
 
-def test_time_split_without_purge_keeps_the_boundary_rows(snaps: SnapshotTable) -> None:
-    df, label = snaps.frame, snaps.labels[CHURN]
-    purged = time_split(df, label, 3, 3, snaps.horizon_days, purge=True)
-    kept = time_split(df, label, 3, 3, snaps.horizon_days, purge=False)
-    assert kept.train.sum() > purged.train.sum()
-    assert df.loc[kept.valid, Col.AS_OF].max() < kept.test_start
-    # Without purge, validation directly precedes the test slice.
-    dates = sorted(df.loc[df[label].notna(), Col.AS_OF].unique())
-    assert kept.valid_start == dates[-6]
+def test_plan_origins_takes_the_last_k_and_explains_short_histories() -> None:
+    months = list(pd.date_range("2024-04-01", periods=8, freq="MS"))
+    origins = plan_origins(months, 90, 6, months[0], pd.Timestamp("2025-03-01"))
+    # An origin needs a label window (91 days) closed before it: 2024-07-01 is the first.
+    assert origins[0] == pd.Timestamp("2024-07-01")
+    assert origins == months[3:]
+    assert plan_origins(months, 90, 2, months[0], pd.Timestamp("2025-03-01")) == months[-2:]
+    with pytest.raises(HistoryTooShort, match=r"1 of the 2 origins.*more days") as err:
+        plan_origins(months[:4], 90, 6, months[0], pd.Timestamp("2024-10-01"))
+    assert "history is too short" in str(err.value)
+    with pytest.raises(HistoryTooShort, match="0 of the 2 origins"):
+        plan_origins([], 90, 6, months[0], pd.Timestamp("2024-05-01"))
 
 
-def test_time_split_errors_when_too_few_dates(snaps: SnapshotTable) -> None:
-    df, label = snaps.frame, snaps.labels[CHURN]
-    dates = sorted(df.loc[df[label].notna(), Col.AS_OF].unique())
-    few = df[df[Col.AS_OF].isin(dates[:6])]
-    with pytest.raises(ValueError, match="only 6 labelled as_of dates"):
-        time_split(few, label, 3, 3, snaps.horizon_days)
-    # Seven monthly dates suffice without purge, not with a 90-day purge before the test.
-    seven = df[df[Col.AS_OF].isin(dates[:7])]
-    time_split(seven, label, 3, 3, snaps.horizon_days, purge=False)
-    with pytest.raises(ValueError, match="too few labelled dates before the test slice"):
-        time_split(seven, label, 3, 3, snaps.horizon_days, purge=True)
+def test_choose_rounds_prefers_the_end_of_the_plateau(cfg: Config) -> None:
+    p = cfg.train.lightgbm.model_copy(update={"plateau": 0.01, "min_rounds": 5})
+    rising = np.minimum(np.linspace(0.6, 0.8, 100), 0.75)  # flat from tree 76 on
+    noisy = rising.copy()
+    noisy[19] = 0.9  # one curve's early bump
+    assert choose_rounds([rising], p) == 100
+    assert choose_rounds([noisy], p) == 20  # alone, a bump decides
+    assert choose_rounds([noisy, rising, rising, rising], p) >= 70  # averaged away
+    assert choose_rounds([], p) == max(p.default_rounds, p.min_rounds)
+    floor = p.model_copy(update={"min_rounds": 150})
+    assert choose_rounds([rising], floor) == 150
+
+
+def test_champion_sees_the_newest_labels_and_takes_choices_from_the_backtest(
+    result: TrainResult, snaps: SnapshotTable, cfg: Config
+) -> None:
+    for target in (CHURN, EXPANSION):
+        res, label = result.targets[target], snaps.labels[target]
+        labelled = snaps.frame[snaps.frame[label].notna()]
+        info = res.model.info
+        # Trained on every labelled row, including those after the last origin.
+        assert info["train_rows"] == len(labelled)
+        assert info["trained_through_as_of"] == labelled[Col.AS_OF].max().date().isoformat()
+        # ...also the origins' own rows, which no backtest model saw.
+        assert pd.Timestamp(info["trained_through_as_of"]) == res.backtest.origins[-1]
+        assert info["train_rows"] > res.backtest.per_origin[-1]["train_rows"] + 0
+        newest = labelled[Col.AS_OF].max() + pd.Timedelta(days=snaps.horizon_days)
+        assert info["labels_up_to"] == newest.date().isoformat()
+        assert info["trees"] == res.model.booster.num_trees()
+        # The backtest's tree count, or more when fewer would tie the scored accounts.
+        assert info["trees"] >= res.backtest.champion_rounds(cfg.train.lightgbm)
+        # The calibrator is the one fitted on the pooled out-of-time scores.
+        assert res.model.calibrator == res.backtest.calibrator
+        pooled = res.backtest.predictions
+        refit = Calibrator.fit(res.model.calibrator.kind, pooled["raw"].to_numpy(),
+                               pooled["y"].to_numpy())  # fmt: skip
+        assert refit == res.model.calibrator
+        assert info["backtest_metrics"]["roc_auc"] == res.metrics["lightgbm"]["roc_auc"]
+
+
+def test_report_holds_pooled_metrics_intervals_and_per_origin_table(result: TrainResult) -> None:
+    doc = result.report()
+    assert list(doc) == [CHURN, EXPANSION]
+    for target, d in doc.items():
+        res = result.targets[target]
+        assert d["evaluation"].startswith("walk-forward backtest")
+        assert d["positives"] == res.backtest.positives > 0
+        assert d["origins"] == len(d["per_origin"]) == len(res.backtest.origins)
+        assert d["trained_on_labels_up_to"] == res.model.info["labels_up_to"]
+        for name, m in d["contenders"].items():
+            # (ECE's bootstrap is biased upwards, like any mean of absolute gaps: not checked)
+            for metric in ("roc_auc", "pr_auc", "brier"):
+                lo, hi = m[f"{metric}_lo"], m[f"{metric}_hi"]
+                assert lo <= m[metric] + 1e-9 and m[metric] <= hi + 1e-9, (target, name, metric)
+        row = next(iter(d["per_origin"].values()))
+        assert {"train_rows", "rows", "positives", "trees", "lightgbm_roc_auc"} <= set(row)
+
+
+def test_lightgbm_beats_the_rule_score_and_scores_without_ties(
+    result: TrainResult, snaps: SnapshotTable
+) -> None:
+    # (Against every baseline, on larger data of several dynamics: tests/test_presets.py.)
+    churn = result.targets[CHURN]
+    assert churn.metrics["lightgbm"]["roc_auc"] > churn.metrics["rules"]["roc_auc"]
+    newest = snaps.frame[snaps.frame[Col.AS_OF] == snaps.frame[Col.AS_OF].max()]
+    distinct = newest.drop_duplicates(subset=snaps.feature_names)
+    for res in result.targets.values():
+        assert tied_share(res.model.predict_proba(distinct)) <= 0.01
+
+
+def test_monotone_constraints_are_off_by_default_and_never_for_expansion(
+    result: TrainResult, snaps: SnapshotTable, cfg: Config
+) -> None:
+    assert cfg.train.monotone_constraints is False
+    for res in result.targets.values():
+        assert res.backtest.constrained is False
+        head = res.model.booster.model_to_string().split("feature_infos")[0]
+        assert "monotone_constraints" not in head
+    on = cfg.train.model_copy(update={"monotone_constraints": True})
+    again = train(snaps, on, list(cfg.rules))
+    # Expansion declares no directions: never constrained, whatever the setting.
+    assert again.targets[EXPANSION].backtest.constrained is False
+    churn = again.targets[CHURN].backtest
+    free, constrained = churn.constraint_aucs
+    assert churn.constrained == (constrained >= free)
+
+
+def test_short_history_gives_one_sentence_and_a_usable_model(cfg: Config, tmp_path: Path) -> None:
+    sim = generate(150, 12, seed=5, start=dt.date(2024, 1, 1), truth_samples=2)
+    write_dataset(sim, tmp_path / "raw", None)
+    snaps = build_snapshots(tmp_path / "raw", cfg.features)
+    res = train(snaps, cfg.train, list(cfg.rules))
+    for target in (CHURN, EXPANSION):
+        assert len(res.targets[target].backtest.origins) >= 2
+        p = res.targets[target].model.predict_proba(snaps.frame)
+        assert np.isfinite(p).all()
+    # Cut further, the history cannot support a backtest: one sentence says how much more.
+    first = snaps.frame[Col.AS_OF].min()
+    cut = snaps.frame[snaps.frame[Col.AS_OF] <= first + pd.Timedelta(days=95)]
+    short = dataclasses.replace(snaps, frame=cut, cutoff=cut[Col.AS_OF].max())
+    with pytest.raises(HistoryTooShort, match=r"about \d+ more days") as err:
+        train(short, cfg.train, list(cfg.rules))
+    assert "\n" not in str(err.value)
+
+
+def test_a_target_without_positives_still_gives_a_usable_model(
+    snaps: SnapshotTable, cfg: Config
+) -> None:
+    label = snaps.labels[EXPANSION]
+    frame = snaps.frame.assign(**{label: snaps.frame[label].where(snaps.frame[label].isna(), 0)})
+    res = train(_with_frame(snaps, frame), cfg.train, list(cfg.rules))
+    exp = res.targets[EXPANSION]
+    assert exp.backtest.positives == 0 and not exp.backtest.origins
+    assert any("0 positives" in w for w in exp.warnings)
+    p = exp.model.predict_proba(snaps.frame)
+    assert np.isfinite(p).all() and (p < 0.01).all()
+    assert res.targets[CHURN].metrics["lightgbm"]["roc_auc"] > 0.5
+
+
+def test_unseen_segment_is_scored_as_missing(result: TrainResult, holdout: pd.DataFrame) -> None:
+    model = result.targets[CHURN].model
+    rows = holdout.iloc[:20]
+    np.testing.assert_array_equal(
+        model.predict_proba(rows.assign(segment="public_sector")),
+        model.predict_proba(rows.assign(segment=None)),
+    )
 
 
 # ----- reproducibility and invariances --------------------------------------------------------
@@ -142,7 +282,7 @@ def test_same_data_and_seed_give_identical_metrics(
     for target in (CHURN, EXPANSION):
         a, b = result.targets[target], again.targets[target]
         assert a.model.booster.model_to_string() == b.model.booster.model_to_string()
-        pd.testing.assert_frame_equal(a.test, b.test)
+        pd.testing.assert_frame_equal(a.backtest.predictions, b.backtest.predictions)
 
 
 def test_shuffled_rows_change_nothing(
@@ -156,8 +296,9 @@ def test_shuffled_rows_change_nothing(
         for contender, metrics in a.metrics.items():
             for name, value in metrics.items():
                 assert b.metrics[contender][name] == pytest.approx(value, abs=1e-9, nan_ok=True)
-        merged = a.test.merge(b.test, on=KEYS, suffixes=("", "_b"), validate="1:1")
-        assert len(merged) == len(a.test)
+        pa, pb = a.backtest.predictions, b.backtest.predictions
+        merged = pa.merge(pb, on=KEYS, suffixes=("", "_b"), validate="1:1")
+        assert len(merged) == len(pa)
         for contender in a.metrics:
             np.testing.assert_allclose(merged[contender], merged[f"{contender}_b"], atol=1e-12)
 
@@ -186,12 +327,7 @@ def _more_active_users(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(**{c: rows[c] * 1.5 for c in cols})
 
 
-def _goals_on_track(rows: pd.DataFrame) -> pd.DataFrame:
-    share = rows["goals_on_track_share"]
-    return rows.assign(goals_on_track_share=share.where(share.isna(), 1.0))
-
-
-@pytest.mark.parametrize("change", [_more_active_users, _goals_on_track])
+@pytest.mark.parametrize("change", [_more_active_users])
 def test_healthier_accounts_are_not_riskier(
     result: TrainResult, holdout: pd.DataFrame, change
 ) -> None:
@@ -200,11 +336,9 @@ def test_healthier_accounts_are_not_riskier(
     churn, expansion = result.targets[CHURN].model, result.targets[EXPANSION].model
     c0, c1 = churn.predict_proba(holdout), churn.predict_proba(better)
     e0, e1 = expansion.predict_proba(holdout), expansion.predict_proba(better)
-    assert c1.mean() <= c0.mean() + 1e-12
-    assert e1.mean() >= e0.mean() - 1e-12
-    # Monotone constraints and a monotone calibrator make it hold row by row as well.
-    assert (c1 <= c0 + 1e-12).all()
-    assert (e1 >= e0 - 1e-12).all()
+    # No hand-set directions: the models learnt this from the data, on average.
+    assert c1.mean() < c0.mean()
+    assert e1.mean() > e0.mean()
 
 
 # ----- SHAP ----------------------------------------------------------------------------------
@@ -332,7 +466,7 @@ def test_save_load_round_trip(
     assert loaded.features == model.features
     assert loaded.categories == model.categories
     assert loaded.calibrator == model.calibrator
-    assert loaded.info["best_iteration"] == model.info["best_iteration"]
+    assert loaded.info == model.info
 
 
 def test_unknown_categories_and_missing_values(result: TrainResult, holdout: pd.DataFrame) -> None:
@@ -419,3 +553,65 @@ def test_importing_training_modules_loads_neither_shap_nor_pyplot() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+# ----- bootstrap, ties and calibration ---------------------------------------------------------
+def _scores(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.15).astype(float)
+    p = np.round(np.clip(0.1 + 0.25 * y * rng.random(n) + rng.normal(0, 0.1, n), 0, 1), 2)
+    return y, p, rng.random(n) * 100
+
+
+def test_weighted_metrics_with_unit_weights_equal_evaluate() -> None:
+    y, p, mrr = _scores()  # rounded scores: many ties
+    order = np.argsort(-p, kind="stable")
+    w = weighted_metrics(np.ones((1, len(y))), y[order], p[order], mrr[order],
+                         equal_frequency_bins(p[order]))  # fmt: skip
+    for name, value in evaluate(y, p, mrr).items():
+        assert w[name][0] == pytest.approx(value, abs=1e-12), name
+
+
+def test_bootstrap_intervals_hold_the_point_and_resample_accounts() -> None:
+    # 200 accounts seen at 10 origins with the same outcome and score: 200 independent
+    # observations, not 2000. Resampling accounts must give the wider interval.
+    y, p, mrr = (np.tile(a, 10) for a in _scores(200))
+    point = evaluate(y, p, mrr)
+    many = bootstrap_intervals(y, p, mrr, np.arange(2000), 200, seed=1)
+    few = bootstrap_intervals(y, p, mrr, np.arange(2000) % 200, 200, seed=1)
+    for name in ("roc_auc", "brier", "top_decile_recall"):
+        lo, hi = many[name]
+        assert lo < point[name] < hi
+        assert few[name][1] - few[name][0] > hi - lo  # clustered rows: wider
+    assert bootstrap_intervals(y, p, mrr, np.arange(2000), 0, 1)["roc_auc"] != many["roc_auc"]
+
+
+def test_paired_auc_difference_is_zero_for_the_same_scores_and_signed() -> None:
+    y, p, _ = _scores(1000)
+    groups = np.arange(1000) % 300
+    assert paired_auc_difference(y, p, p, groups, 100, 0) == (0.0, 0.0, 0.0)
+    noisy = p + np.random.default_rng(3).normal(0, 0.3, len(p))
+    delta, lo, hi = paired_auc_difference(y, noisy, p, groups, 200, 0)
+    assert delta < 0 and lo <= delta <= hi and hi < 0
+
+
+def test_tied_share_counts_rows_sharing_a_value() -> None:
+    assert tied_share(np.array([0.1, 0.2, 0.3])) == 0.0
+    assert tied_share(np.array([0.1, 0.1, 0.3, 0.4])) == 0.5
+    assert tied_share(np.array([])) == 0.0
+
+
+def test_auto_calibration_keeps_distinct_scores() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(-2, 1, 3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-raw))).astype(int)
+    groups = np.repeat(np.arange(6), 500)
+    cal, evidence = choose_calibrator("auto", raw, y, groups, 0)
+    # Isotonic maps ranges of scores onto plateaus: far more than 1 % tied.
+    assert evidence["isotonic_tied_share"] > 0.01
+    assert cal.kind == "platt"
+    assert tied_share(cal(raw)) <= 0.01
+    assert choose_calibrator("isotonic", raw, y, groups, 0)[0].kind == "isotonic"
+    # One class only: a constant at the class rate, not an error.
+    const = Calibrator.fit("platt", raw, np.zeros(3000, dtype=int))
+    assert np.allclose(const(raw), const(raw)[0]) and const(raw)[0] < 0.01

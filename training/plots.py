@@ -1,6 +1,7 @@
 """Evaluation and SHAP plots of a training run, written as PNG files (one set per target).
 
-Per target (e.g. `churn_roc.png`), on the test slice of the time split:
+Per target (e.g. `churn_roc.png`), on the pooled out-of-time predictions of the
+walk-forward backtest (every contender on the same rows):
 
 * `roc` and `pr`: ROC and precision-recall curves of LightGBM, the baselines and,
   when a truth file was given, the oracle (the simulator's true probabilities);
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from training.train import SnapshotTable, TargetResult, TrainResult
+    from features.snapshots import SnapshotTable
+    from training.train import TargetResult, TrainResult
 
 #: file name suffixes written per target, in order: f"{target}_{name}.png"
 PLOT_NAMES = ("roc", "pr", "calibration", "lift", "shap_bar", "shap_beeswarm", "shap_families")
@@ -69,12 +71,15 @@ def write_plots(result: TrainResult, snaps: SnapshotTable, out_dir: Path) -> lis
     written: list[Path] = []
     with plt.rc_context({"axes.grid": True, "grid.alpha": 0.3, "font.size": 10}):
         for target, res in result.targets.items():
-            test = res.test
+            test = res.backtest.predictions
             y = test["y"].to_numpy(dtype=int)
             title = f"{target.capitalize()} ({res.model.info.get('label', target)})"
-            subtitle = f"test slice from {res.split.test_start.date()}: {len(y):,} rows, " \
-                       f"{int(y.sum()):,} positives"  # fmt: skip
-            names = [c for c in CONTENDERS if c in test.columns]
+            origins = res.backtest.origins
+            span = f"{origins[0].date()}..{origins[-1].date()}" if origins else "none"
+            subtitle = (f"walk-forward backtest, {len(origins)} origins {span}: "
+                        f"{len(y):,} rows, {int(y.sum()):,} positives")  # fmt: skip
+            # No backtest rows (too little data): empty axes say so rather than fail.
+            names = [c for c in CONTENDERS if c in test.columns] if len(test) else []
             for name, draw in (("roc", _roc), ("pr", _pr), ("calibration", _calibration),
                                ("lift", _lift)):  # fmt: skip
                 fig, ax = plt.subplots(figsize=(7, 5.5))
@@ -169,6 +174,8 @@ def decile_lift(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _lift(ax: Axes, test: pd.DataFrame, names: list[str]) -> None:
+    if not names:
+        return
     width = 0.8 / len(names)
     deciles = np.arange(1, 11)
     for i, name in enumerate(names):
@@ -184,10 +191,11 @@ def _lift(ax: Axes, test: pd.DataFrame, names: list[str]) -> None:
 
 
 # ----- SHAP ----------------------------------------------------------------------------
-def rows_of_test_slice(res: TargetResult, snaps: SnapshotTable) -> pd.DataFrame:
-    """The snapshot rows of the test slice, in the order of `res.test` (joined on the keys)."""
+def rows_of_backtest(res: TargetResult, snaps: SnapshotTable) -> pd.DataFrame:
+    """The snapshot rows the backtest predicted, in its order (joined on the keys)."""
     keys = [Col.ACCOUNT_ID, Col.AS_OF]
-    return res.test[keys].merge(snaps.frame, on=keys, how="left", validate="1:1")
+    pred = res.backtest.predictions[keys]
+    return pred.merge(snaps.frame, on=keys, how="left", validate="1:1")
 
 
 def shap_sample(model: HealthModel, rows: pd.DataFrame, n: int = SHAP_SAMPLE,
@@ -221,8 +229,9 @@ def _shap_plots(plt, res: TargetResult, snaps: SnapshotTable, out_dir: Path, tar
     import shap
 
     model = res.model
-    values, shown = shap_sample(model, rows_of_test_slice(res, snaps))
-    sample = f"SHAP values (log-odds) on {len(values):,} test rows"
+    rows = rows_of_backtest(res, snaps)
+    values, shown = shap_sample(model, rows if len(rows) else snaps.frame)
+    sample = f"champion's SHAP values (log-odds) on {len(values):,} backtest rows"
     out = []
     for name, kind in (("shap_bar", "bar"), ("shap_beeswarm", "dot")):
         fig = plt.figure()

@@ -6,17 +6,21 @@ on a SQLite store keeps its artifacts in `mlartifacts/` beside the database. The
 experiment is `cshealth` unless `CSHEALTH_MLFLOW_EXPERIMENT` names another.
 
 What a run holds: the whole configuration flattened to dotted params (and the
-params file as an artifact), every metric as `<target>.<contender>.<metric>`
-(NaN skipped), the feature list (`features.json`), the snapshot table's sha256
-(tag and param `snapshot_sha256`), the git commit (tag `git_commit`), the plots,
-`metrics.json`, and both models as pyfuncs registered as `cshealth-churn` and
-`cshealth-expansion` (see `training.pyfunc`: `predict` returns a DataFrame with a
-`probability` column).
+params file as an artifact), every pooled backtest metric as
+`<target>.<contender>.<metric>` (with `_lo` / `_hi` interval bounds; NaN skipped),
+the feature list (`features.json`), each target's out-of-time backtest predictions
+(`backtest/<target>.parquet`: the evidence later challengers are compared on), the
+snapshot table's sha256, the git commit, the plots, `metrics.json`, and one model per
+declared target, registered as `cshealth-<target>` (see `training.pyfunc`).
 
-Promotion: a new version becomes `champion` only if its test metrics pass the
-gates (roc_auc >= min_auc, ece <= max_ece) and, when a champion exists, its AUC on
-the new test slice is at least the champion's AUC on the same rows minus
-`tolerance`. The decision is kept as run tags and model-version tags.
+Promotion (`decide`, per target): with no champion yet, the new version becomes
+champion (a user is never left without scores); when it does not beat the best
+baseline on the pooled backtest it is promoted as provisional and says so. With a
+champion, the challenger replaces it when it is not worse on the same backtest rows:
+the paired AUC difference is at least `-tolerance` and its 95 % interval reaches 0.
+When the two backtests share no rows, beating the best baseline decides. The floors
+`min_auc` / `max_ece` only warn. Decisions and warnings are kept as run and
+model-version tags.
 
 mlflow is imported inside the functions (it takes about a second): importing
 this module is cheap and has no side effects.
@@ -39,12 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from features.targets import TARGET_NAMES
+
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
+    from features.snapshots import SnapshotTable
     from training.model import HealthModel
     from training.settings import Gates
-    from training.train import SnapshotTable, TrainResult
+    from training.train import TargetResult, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +60,12 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "cshealth"
 EXPERIMENT_ENV = "CSHEALTH_MLFLOW_EXPERIMENT"
 CHAMPION = "champion"
-#: registered model name per target
-REGISTERED_MODELS = {"churn": "cshealth-churn", "expansion": "cshealth-expansion"}
+#: registered model name per declared target
+REGISTERED_MODELS = {t: f"cshealth-{t}" for t in TARGET_NAMES}
+#: where a run keeps a target's out-of-time backtest predictions
+BACKTEST_ARTIFACT = "backtest/{target}.parquet"
+#: resamples behind the paired challenger-vs-champion interval
+PAIRED_RESAMPLES = 300
 #: the folder name of the HealthModel inside a logged pyfunc's artifacts
 MODEL_FOLDER = "health_model"
 _REPO = Path(__file__).resolve().parents[1]
@@ -219,6 +231,21 @@ def git_commit(repo: Path = _REPO) -> tuple[str, bool | None]:
 
 # ----- promotion --------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Comparison:
+    """The challenger against the champion on the backtest rows both predicted."""
+
+    rows: int
+    positives: int
+    delta: float  # AUC(challenger) - AUC(champion)
+    lo: float
+    hi: float
+
+    def text(self, champion: int) -> str:
+        return (f"AUC {self.delta:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}] vs champion v{champion} "
+                f"on {self.rows:,} shared backtest rows ({self.positives} positives)")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Decision:
     """Whether a new version became champion, and why (one line for the console)."""
 
@@ -227,53 +254,58 @@ class Decision:
     promoted: bool
     reason: str
     champion_before: int | None = None
-    champion_auc: float | None = None  # the old champion's AUC on the new test slice
+    warnings: tuple[str, ...] = ()
 
     def line(self) -> str:
         return f"{self.target}: {self.reason}"
 
+    def promote_command(self) -> str:
+        """The exact command that makes this version champion by hand."""
+        return f"cshealth promote {self.version} --model {self.target}"
 
-def _fmt(x: float) -> str:
+
+def _fmt(x: float | None) -> str:
     return "nan" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
 def decide(
     target: str,
     version: int,
-    metrics: dict[str, float],
+    auc: float,
+    baseline: tuple[str, float],
     gates: Gates,
     champion: int | None,
-    champion_auc: float | None,
+    comparison: Comparison | None,
     incomparable: str | None = None,
+    warnings: tuple[str, ...] = (),
 ) -> Decision:
-    """Apply the gates to the new version's test metrics (pure; see `gate_new_versions`)."""
-    auc, ece = float(metrics.get("roc_auc", math.nan)), float(metrics.get("ece", math.nan))
-    failures = []
-    if math.isnan(auc) or auc < gates.min_auc:
-        failures.append(f"roc_auc {_fmt(auc)} < min_auc {gates.min_auc:g}")
-    if math.isnan(ece) or ece > gates.max_ece:
-        failures.append(f"ece {_fmt(ece)} > max_ece {gates.max_ece:g}")
-    if champion is not None and champion_auc is not None and not math.isnan(champion_auc):
-        floor = champion_auc - gates.tolerance
-        if math.isnan(auc) or auc < floor:
-            failures.append(
-                f"roc_auc {_fmt(auc)} < champion v{champion}'s {_fmt(champion_auc)} "
-                f"- tolerance {gates.tolerance:g} on the same test slice"
-            )
-    if failures:
-        stays = f"champion stays v{champion}" if champion is not None else "no champion yet"
-        reason = f"v{version} not promoted: {'; '.join(failures)}; {stays}"
-        return Decision(target, version, False, reason, champion, champion_auc)
-    why = [f"roc_auc {_fmt(auc)} >= min_auc {gates.min_auc:g}",
-           f"ece {_fmt(ece)} <= max_ece {gates.max_ece:g}"]  # fmt: skip
+    """The promotion decision for one target (pure; see the module docstring)."""
+    base_name, base_auc = baseline
+    beats = math.isnan(base_auc) or (not math.isnan(auc) and auc > base_auc)
+    vs_base = f"backtest AUC {_fmt(auc)} vs {base_name} {_fmt(base_auc)}"
     if champion is None:
-        why.append("first champion")
-    elif incomparable:
-        why.append(f"champion v{champion} not comparable: {incomparable}")
+        if beats:
+            reason = f"v{version} promoted to {CHAMPION} (first champion; {vs_base})"
+        else:
+            reason = (f"v{version} promoted to {CHAMPION} as a provisional first model: "
+                      f"{vs_base} does not beat the baseline, but scoring needs a "
+                      "champion")  # fmt: skip
+        return Decision(target, version, True, reason, None, warnings)
+    if comparison is not None:
+        ok = comparison.delta >= -gates.tolerance and comparison.hi >= 0
+        what = comparison.text(champion)
+        if ok:
+            reason = f"v{version} promoted to {CHAMPION} (not worse: {what})"
+        else:
+            reason = (f"v{version} not promoted: worse than the champion ({what}; tolerance "
+                      f"{gates.tolerance:g}); champion stays v{champion}")  # fmt: skip
+        return Decision(target, version, ok, reason, champion, warnings)
+    why = f"champion v{champion} not comparable: {incomparable}"
+    if beats:
+        reason = f"v{version} promoted to {CHAMPION} ({why}; {vs_base})"
     else:
-        why.append(f"champion v{champion} scores {_fmt(champion_auc)} on the same test slice")
-    reason = f"v{version} promoted to {CHAMPION} ({', '.join(why)})"
-    return Decision(target, version, True, reason, champion, champion_auc)
+        reason = f"v{version} not promoted ({why}; {vs_base}); champion stays v{champion}"
+    return Decision(target, version, beats, reason, champion, warnings)
 
 
 def _champion_version(c: MlflowClient, name: str) -> int | None:
@@ -287,31 +319,52 @@ def _champion_version(c: MlflowClient, name: str) -> int | None:
         raise
 
 
-def _score_champion(
-    c: MlflowClient, target: str, version: int, test: Any, y: Any
-) -> tuple[float | None, str | None]:
-    """The champion's AUC on the new test rows, or (None, why it cannot be compared)."""
-    from sklearn.metrics import roc_auc_score
+def _backtest_of(c: MlflowClient, target: str, version: int) -> pd.DataFrame:
+    """The out-of-time backtest predictions logged by the run that made `version`."""
+    import mlflow
+    import pandas as pd
+
+    run_id = c.get_model_version(registered_name(target), str(version)).run_id
+    with tempfile.TemporaryDirectory(prefix="cshealth-backtest-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BACKTEST_ARTIFACT.format(target=target), dst_path=tmp,
+            tracking_uri=tracking_uri(),
+        )  # fmt: skip
+        return pd.read_parquet(local)
+
+
+def compare_with_champion(
+    c: MlflowClient, target: str, champion: int, new: pd.DataFrame, seed: int = 0
+) -> tuple[Comparison | None, str | None]:
+    """Paired AUC of the new backtest vs the champion's on their shared rows (new labels)."""
+    import pandas as pd
+
+    from features.contract import Col
+    from training.metrics import paired_auc_difference
 
     try:
-        model = _load(c, target, version)
-    except (TrackingError, OSError, ValueError, KeyError) as err:
-        return None, f"could not load it ({err})"
+        old = _backtest_of(c, target, champion)
+    except Exception as err:  # any failure to fetch evidence means "not comparable", said why
+        return None, f"its backtest predictions could not be read ({type(err).__name__}: {err})"
+    keys = [Col.ACCOUNT_ID, Col.AS_OF]
+    old = old[[*keys, "lightgbm"]].astype({Col.AS_OF: "datetime64[us]"})
+    both = new[[*keys, "y", "lightgbm"]].astype({Col.AS_OF: "datetime64[us]"}).merge(
+        old, on=keys, suffixes=("", "_champion"), validate="1:1"
+    )
+    both = both.dropna(subset=["lightgbm", "lightgbm_champion"])
+    y = both["y"].to_numpy(dtype=int)
     if len(set(y.tolist())) < 2:
-        return None, "the new test slice has a single class"
-    # Features the new table lacks (an optional table gone) are scored as missing,
-    # as the service would: the champion is still compared, never skipped.
-    missing = [n for n in model.feature_names if n not in test.columns]
-    rows = test.reindex(columns=[*test.columns, *missing]) if missing else test
-    return float(roc_auc_score(y, model.predict_proba(rows))), None
+        return None, f"the two backtests share {len(both):,} rows, too few with both outcomes"
+    delta, lo, hi = paired_auc_difference(
+        y, both["lightgbm"].to_numpy(), both["lightgbm_champion"].to_numpy(),
+        both[Col.ACCOUNT_ID].to_numpy(), PAIRED_RESAMPLES, seed,
+    )  # fmt: skip
+    del pd
+    return Comparison(len(both), int(y.sum()), delta, lo, hi), None
 
 
 def gate_new_versions(
-    c: MlflowClient,
-    result: TrainResult,
-    snaps: SnapshotTable,
-    versions: dict[str, int],
-    gates: Gates,
+    c: MlflowClient, result: TrainResult, versions: dict[str, int], gates: Gates, seed: int = 0
 ) -> dict[str, Decision]:
     """Decide per target, move the alias for the winners, tag versions with the decision."""
     decisions = {}
@@ -320,17 +373,17 @@ def gate_new_versions(
         tr = result.targets[target]
         with _mlflow_errors(f"reading the {name} champion"):
             champion = _champion_version(c, name)
-        champion_auc, incomparable = None, None
+        comparison, incomparable = None, None
         if champion is not None:
-            # The rows the new model was tested on; labels from the rows themselves.
-            test = snaps.frame[tr.split.test.to_numpy()]
-            y = test[snaps.labels[target]].astype(int).to_numpy()
-            champion_auc, incomparable = _score_champion(c, target, champion, test, y)
+            comparison, incomparable = compare_with_champion(
+                c, target, champion, tr.backtest.predictions, seed
+            )
             if incomparable:
                 log.warning("%s: champion v%d is not comparable: %s", target, champion,
                             incomparable)  # fmt: skip
-        d = decide(target, version, tr.metrics["lightgbm"], gates, champion, champion_auc,
-                   incomparable)  # fmt: skip
+        d = decide(target, version, tr.metrics["lightgbm"].get("roc_auc", math.nan),
+                   tr.best_baseline(), gates, champion, comparison, incomparable,
+                   tuple(tr.warnings))  # fmt: skip
         with _mlflow_errors(f"recording the {name} promotion decision"):
             if d.promoted:
                 c.set_registered_model_alias(name, CHAMPION, str(version))
@@ -339,8 +392,8 @@ def gate_new_versions(
                 "promotion_reason": d.reason[:_TAG_LIMIT],
                 "champion_before": str(champion) if champion is not None else "none",
             }
-            if champion_auc is not None:
-                tags["champion_auc_on_new_test"] = f"{champion_auc:.6f}"
+            if comparison is not None:
+                tags["champion_auc_delta"] = f"{comparison.delta:.6f}"
             for k, v in tags.items():
                 c.set_model_version_tag(name, str(version), k, v)
         decisions[target] = d
@@ -358,7 +411,7 @@ class RunRecord:
     decisions: dict[str, Decision]
 
 
-def _log_model(target: str, model: HealthModel, test: Any) -> tuple[int, str]:
+def _log_model(target: str, model: HealthModel, examples: Any) -> tuple[int, str]:
     """Log one HealthModel as a registered pyfunc; (version, model_id)."""
     import mlflow
 
@@ -373,12 +426,60 @@ def _log_model(target: str, model: HealthModel, test: Any) -> tuple[int, str]:
             python_model=str(entry),
             artifacts={pyfunc.ARTIFACT_KEY: str(folder)},
             signature=pyfunc.signature(model),
-            input_example=pyfunc.input_example(model, test),
+            input_example=pyfunc.input_example(model, examples),
             pip_requirements=pyfunc.pip_requirements(),
             registered_model_name=registered_name(target),
             await_registration_for=60,
         )
     return int(info.registered_model_version), info.model_id
+
+
+def _version_tags(tr: TargetResult) -> dict[str, str]:
+    """What `cshealth models` and a reader of the registry need to know about a version."""
+    m = tr.metrics["lightgbm"]
+    lo, hi = tr.backtest.intervals["lightgbm"].get("roc_auc", (math.nan, math.nan))
+    tags = {
+        "backtest_roc_auc": _fmt(m.get("roc_auc", math.nan)),
+        "backtest_roc_auc_interval": f"{_fmt(lo)}..{_fmt(hi)}",
+        "backtest_ece": _fmt(m.get("ece", math.nan)),
+        "backtest_positives": str(tr.backtest.positives),
+        "backtest_origins": ",".join(tr.model.info["backtest_origins"]),
+        "labels_up_to": tr.model.info["labels_up_to"],
+        "warnings": "; ".join(tr.warnings)[:_TAG_LIMIT] or "none",
+    }
+    return tags
+
+
+def model_card(tr: TargetResult) -> str:
+    """The registered version's description: what it predicts, on what, how well."""
+    info, m = tr.model.info, tr.metrics["lightgbm"]
+    lo, hi = tr.backtest.intervals["lightgbm"].get("roc_auc", (math.nan, math.nan))
+    origins = info["backtest_origins"]
+    span = f"{origins[0]}..{origins[-1]}" if origins else "none"
+    lines = [
+        f"Predicts {tr.target.name} within {info['horizon_days']} days ({info['label']}): "
+        f"{tr.target.description}",
+        f"Trained on labels up to {info['labels_up_to']} ({info['train_rows']:,} snapshots, "
+        f"{info['train_positives']:,} positives, {len(tr.model.features)} features, "
+        f"{info['trees']} trees, {info['calibrator']} calibration).",
+        f"Walk-forward backtest, {len(origins)} monthly origins {span}: ROC AUC "
+        f"{_fmt(m.get('roc_auc'))} [{_fmt(lo)}, {_fmt(hi)}], ECE {_fmt(m.get('ece'))}, "
+        f"{tr.backtest.positives} positives.",
+        "Intended use: rank and explain accounts for Customer Success follow-up; not for "
+        "automated decisions about a customer without a person reviewing them.",
+    ]
+    lines += [f"Warning: {w}" for w in tr.warnings]
+    return "\n".join(lines)
+
+
+def _log_backtest(tr: TargetResult, target: str) -> None:
+    """The target's out-of-time predictions, the evidence later challengers are paired with."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="cshealth-backtest-") as tmp:
+        path = Path(tmp) / f"{target}.parquet"
+        tr.backtest.predictions.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(BACKTEST_ARTIFACT.format(target=target)).parent))
 
 
 def log_training(
@@ -391,10 +492,12 @@ def log_training(
     metrics_file: Path | None = None,
     plots: list[Path] | None = None,
     params_file: Path | None = None,
+    seed: int = 0,
 ) -> RunRecord:
     """One MLflow run: params, metrics, data fingerprint, commit, plots, models; then gate."""
     import mlflow
 
+    from features.contract import Col
     from features.meta import to_dict
 
     t0 = time.perf_counter()
@@ -404,6 +507,7 @@ def log_training(
     sha = file_sha256(Path(snapshot_file))
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     versions: dict[str, int] = {}
+    newest = snaps.frame[snaps.frame[Col.AS_OF] == snaps.frame[Col.AS_OF].max()]
     with (
         _mlflow_errors("logging the training run"),
         mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run,
@@ -415,14 +519,17 @@ def log_training(
             "snapshot_sha256": sha,
             "snapshot_file": str(snapshot_file),
             "snapshot_rows": str(len(snaps.frame)),
+            "evaluation": "walk-forward backtest",
         })  # fmt: skip
         params = flatten_params(config)
         params["snapshot_sha256"] = sha
         for target, tr in result.targets.items():
             params |= flatten_params(
-                {"split": {target: tr.split.describe()},
-                 "model": {target: {"best_iteration": tr.model.info.get("best_iteration"),
-                                    "calibrator": tr.model.calibrator.kind}}}
+                {"backtest": {target: {"origins": tr.model.info["backtest_origins"],
+                                       "rows": len(tr.backtest.predictions)}},
+                 "model": {target: {"trees": tr.model.info["trees"],
+                                    "calibrator": tr.model.calibrator.kind,
+                                    "labels_up_to": tr.model.info["labels_up_to"]}}}
             )  # fmt: skip
         mlflow.log_params(params)
         mlflow.log_metrics(flatten_metrics(result.metrics()))
@@ -440,18 +547,18 @@ def log_training(
         log.info("mlflow: run %s logged (%.1f s); logging models", run.info.run_id,
                  time.perf_counter() - t0)  # fmt: skip
         for target, tr in result.targets.items():
-            test = snaps.frame[tr.split.test.to_numpy()]
-            version, model_id = _log_model(target, tr.model, test)
+            _log_backtest(tr, target)
+            version, model_id = _log_model(target, tr.model, newest)
             versions[target] = version
-            lgbm = {f"test_{k}": v for k, v in tr.metrics["lightgbm"].items() if math.isfinite(v)}
+            lgbm = {f"backtest_{k}": v for k, v in tr.metrics["lightgbm"].items()
+                    if isinstance(v, float) and math.isfinite(v)}  # fmt: skip
             mlflow.log_metrics(lgbm, model_id=model_id)
-            for k in ("roc_auc", "ece"):
-                c.set_model_version_tag(registered_name(target), str(version), f"test_{k}",
-                                        _fmt(tr.metrics["lightgbm"].get(k, math.nan)))  # fmt: skip
-            c.set_model_version_tag(registered_name(target), str(version), "test_start",
-                                    tr.split.describe()["test_start"])  # fmt: skip
+            for k, v in _version_tags(tr).items():
+                c.set_model_version_tag(registered_name(target), str(version), k, v)
+            c.update_model_version(registered_name(target), str(version),
+                                   description=model_card(tr))  # fmt: skip
             log.info("mlflow: registered %s v%d", registered_name(target), version)
-        decisions = gate_new_versions(c, result, snaps, versions, gates)
+        decisions = gate_new_versions(c, result, versions, gates, seed)
         for target, d in decisions.items():
             mlflow.set_tags({
                 f"promotion.{target}": "champion" if d.promoted else "rejected",
@@ -499,7 +606,19 @@ def load_champion(target: str) -> tuple[HealthModel, int]:
     with _mlflow_errors(f"reading the {name} champion"):
         version = _champion_version(c, name)
     if version is None:
-        raise TrackingError(f"{name} has no {CHAMPION} version yet: run `cshealth train`")
+        with _mlflow_errors(f"listing {name} versions"):
+            found = sorted(_versions(c, name), key=lambda v: int(v.version))
+        if not found:
+            raise TrackingError(f"{name} has no {CHAMPION} version yet: run `cshealth train`")
+        # Suggest the newest version a gate once promoted; else the newest one.
+        was = [v for v in found if (v.tags or {}).get("promotion") == "champion"]
+        pick = int((was or found)[-1].version)
+        have = ", ".join(v.version for v in found)
+        raise TrackingError(
+            f"{name} has versions {have} but no {CHAMPION}: make one champion with "
+            f"`cshealth promote {pick} --model {target}` (see `cshealth models`), or run "
+            "`cshealth train`"
+        )
     return _load(c, target, version), version
 
 
@@ -516,7 +635,7 @@ def _versions(c: MlflowClient, name: str) -> list:
 
 
 def list_models() -> list[dict]:
-    """Every version of both registered models: name, version, aliases, run, created, metrics."""
+    """Every version of every target's model: name, version, aliases, run, backtest metrics."""
     c = client()
     rows = []
     with _mlflow_errors("listing registered models"):
@@ -531,7 +650,7 @@ def list_models() -> list[dict]:
                 tags = mv.tags or {}
                 metrics: dict[str, float] = {}
                 for k in ("roc_auc", "ece"):
-                    text = tags.get(f"test_{k}")
+                    text = tags.get(f"backtest_{k}")
                     if text is None and mv.run_id:
                         run_metrics = c.get_run(mv.run_id).data.metrics
                         value = run_metrics.get(f"{target}.lightgbm.{k}", math.nan)

@@ -1,4 +1,4 @@
-"""Sample-data simulator: realistic Customer Success data with known ground truth.
+"""The generative model of the sample-data simulator (Customer Success data with ground truth).
 
 Generative model
 ----------------
@@ -24,6 +24,8 @@ partial view of it, so no single column gives the answer.
   - **expansion** (seats +10–60 % or a plan upgrade) any month, more likely when
     engaged, attaining and in mid-market/enterprise; **contraction** mostly at
     annual renewals of disengaged accounts. A change starts a new subscription row.
+  - The coefficients (and the contract mix) come from a :class:`~simulator.presets.Dynamics`
+    preset; the numbers above are the ``default`` one.
 * Observations:
   - ``usage_events``: active users ~ Binomial(seats, utilisation(e, g)); events per
     active user ~ Poisson; heavy users dominate; key features (workflows,
@@ -43,6 +45,9 @@ partial view of it, so no single column gives the answer.
   probability of churn and of expansion within the horizon is estimated by Monte
   Carlo from the state at ``as_of`` with the very same step function
   (``truth_samples`` paths), using the same calendar rules as the labels.
+* Subscription ``end_date``: the last day of service (``inclusive``) or the first
+  day without service, i.e. the next term's start (``exclusive``); the truth does
+  not depend on how end dates are written.
 
 Everything is vectorised over accounts (and Monte Carlo paths); only the month
 loop is in Python, so 2,000 accounts × 24 months (> 10 M events) take seconds.
@@ -53,22 +58,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from features.contract import TABLES, TRUTH, Col, Direction, Priority, Segment, T
-from features.io import write_parquet
 from features.labels import is_expansion
+from features.settings import FeatureParams
+from simulator.presets import Dynamics, get_preset
 
 log = logging.getLogger(__name__)
 
-HORIZON_DAYS = 90
-EXPANSION_THRESHOLD = 0.10
+EndDateConvention = Literal["inclusive", "exclusive"]
+END_DATE_CONVENTIONS: tuple[str, ...] = get_args(EndDateConvention)
+# Label defaults live with the feature pipeline; the CLI passes the configured values.
+_LABEL_DEFAULTS = FeatureParams()
 _US_PER_DAY = 86_400 * 1_000_000
 _SEGMENTS = (Segment.SMB, Segment.MID_MARKET, Segment.ENTERPRISE)
 _PLANS = ("starter", "professional", "enterprise")
@@ -207,49 +213,85 @@ def _seg_param(seg: np.ndarray, field: str) -> np.ndarray:
     return np.array([getattr(PROFILES[s], field) for s in _SEGMENTS])[seg]
 
 
-def _evolve(st: _State, rng: np.random.Generator) -> np.ndarray:
+def _evolve(st: _State, rng: np.random.Generator, dyn: Dynamics) -> np.ndarray:
     """Move the latent state one month; return the champion-departure mask."""
     n = st.e.shape[0]
     left = rng.random(n) < 0.012
     st.g = 0.6 * st.g + left
-    incident = rng.random(n) < 0.06
+    incident = rng.random(n) < dyn.incident_rate
     st.f = np.maximum(
-        0.0, 0.6 * st.f + incident * rng.uniform(0.5, 1.5, n) + rng.normal(0, 0.05, n)
-    )
-    st.e = (
-        0.75 * st.e + 0.25 * st.base_e + 0.15 * st.a - 0.45 * st.g - 0.15 * st.f
-        + rng.normal(0, 0.22, n)
+        0.0,
+        dyn.friction_persistence * st.f + incident * rng.uniform(0.5, 1.5, n)
+        + rng.normal(0, 0.05, n),
     )  # fmt: skip
-    st.a = 0.85 * st.a + 0.15 * (0.5 * st.e + st.csm_q) - 0.08 * st.f + rng.normal(0, 0.15, n)
+    st.e = (
+        0.75 * st.e + 0.25 * st.base_e + dyn.engagement_from_attainment * st.a - 0.45 * st.g
+        - dyn.engagement_from_friction * st.f + rng.normal(0, 0.22, n)
+    )  # fmt: skip
+    st.a = (
+        0.85 * st.a + 0.15 * (dyn.attainment_from_engagement * st.e + st.csm_q)
+        - 0.08 * st.f + rng.normal(0, 0.15, n)
+    )  # fmt: skip
     return left
 
 
-def _decide(st: _State, month: int, rng: np.random.Generator) -> _Decisions:
-    """Take the end-of-month commercial decisions for `month`, updating `st`."""
-    n = st.e.shape[0]
-    at_term = st.alive & (st.term_end == month)
+def churn_terms(st: _State, month: int, dyn: Dynamics) -> dict[str, np.ndarray]:
+    """The additive terms of the log-odds of churning at a term end in `month`, by driver."""
     young = (month - st.start_month) < 6
     base = np.where(
         st.monthly,
         _seg_param(st.seg, "churn_logit_monthly"),
         _seg_param(st.seg, "churn_logit_annual"),
     )
-    churn_logit = base - 1.0 * st.e + 0.7 * st.f - 1.2 * st.a + 1.2 * st.g + 0.4 * young
-    churned = at_term & (rng.random(n) < _sigmoid(churn_logit))
+    return {
+        "base": base + dyn.churn_shift,
+        "engagement": dyn.churn_engagement * st.e,
+        "friction": dyn.churn_friction * st.f,
+        "attainment": dyn.churn_attainment * st.a,
+        "champion_gap": dyn.churn_champion_gap * st.g,
+        "young": dyn.churn_young * young,
+    }
+
+
+def _churn_logit(st: _State, month: int, dyn: Dynamics) -> np.ndarray:
+    """Log-odds of churning at a term end in `month` (before the term-end mask)."""
+    terms = iter(churn_terms(st, month, dyn).values())
+    total = next(terms)
+    # Summed left to right, as ever: the default preset reproduces the same floats.
+    for term in terms:
+        total = total + term
+    return total
+
+
+def _decide(st: _State, month: int, rng: np.random.Generator, dyn: Dynamics) -> _Decisions:
+    """Take the end-of-month commercial decisions for `month`, updating `st`."""
+    n = st.e.shape[0]
+    at_term = st.alive & (st.term_end == month)
+    churned = at_term & (rng.random(n) < _sigmoid(_churn_logit(st, month, dyn)))
     st.alive = st.alive & ~churned
     renewed = at_term & ~churned
     st.term_end = np.where(renewed, st.term_end + np.where(st.monthly, 1, 12), st.term_end)
     renewed_annual = renewed & ~st.monthly
+    # Every draw is taken whatever the preset, so presets differ only where they must.
+    may_change = renewed if dyn.changes_at_renewal_only else st.alive
 
     # Contraction: mostly at annual renewals of disengaged accounts.
-    contr_logit = np.where(renewed_annual, -2.6, -6.0) - 1.0 * st.e + 0.5 * st.f - 0.5 * st.a
-    contract = st.alive & (rng.random(n) < _sigmoid(contr_logit)) & (st.seats > 1)
+    contr_logit = (
+        np.where(renewed_annual, dyn.contraction_at_renewal, dyn.contraction_otherwise)
+        + dyn.contraction_engagement * st.e + dyn.contraction_friction * st.f
+        + dyn.contraction_attainment * st.a
+    )  # fmt: skip
+    contract = may_change & (rng.random(n) < _sigmoid(contr_logit)) & (st.seats > 1)
     shrink = rng.uniform(0.1, 0.4, n)
     st.seats = np.where(contract, np.maximum(1, np.floor(st.seats * (1 - shrink))), st.seats)
 
-    exp_logit = _seg_param(st.seg, "expansion_logit") + 0.9 * st.e + 1.0 * st.a - 0.4 * st.f
-    expand = st.alive & ~contract & (rng.random(n) < _sigmoid(exp_logit))
-    upgrade = expand & (st.plan < 2) & (rng.random(n) < 0.25)
+    exp_logit = (
+        (_seg_param(st.seg, "expansion_logit") + dyn.expansion_shift)
+        + dyn.expansion_engagement * st.e + dyn.expansion_attainment * st.a
+        + dyn.expansion_friction * st.f
+    )  # fmt: skip
+    expand = may_change & ~contract & (rng.random(n) < _sigmoid(exp_logit))
+    upgrade = expand & (st.plan < 2) & (rng.random(n) < dyn.upgrade_share)
     grow = expand & ~upgrade
     st.plan = np.where(upgrade, st.plan + 1, st.plan)
     added = np.maximum(1, np.round(st.seats * rng.uniform(0.1, 0.6, n)))
@@ -314,12 +356,28 @@ class Simulator:
         seed: int,
         start: dt.date,
         truth_samples: int = 200,
+        *,
+        dynamics: Dynamics | None = None,
+        horizon_days: int = _LABEL_DEFAULTS.horizon_days,
+        expansion_threshold: float = _LABEL_DEFAULTS.expansion_threshold,
+        end_date_convention: EndDateConvention = "inclusive",
     ) -> None:
         if accounts < 1 or months < 1:
             raise ValueError("accounts and months must be at least 1")
+        if horizon_days < 1 or expansion_threshold <= 0:
+            raise ValueError("horizon_days must be at least 1 and expansion_threshold positive")
+        if end_date_convention not in END_DATE_CONVENTIONS:
+            raise ValueError(
+                f"end_date_convention must be one of {END_DATE_CONVENTIONS}, "
+                f"got {end_date_convention!r}"
+            )
         self.n = accounts
         self.months = months
         self.samples = truth_samples
+        self.dyn = dynamics or get_preset("default")
+        self.horizon_days = horizon_days
+        self.expansion_threshold = expansion_threshold
+        self.end_date_convention = end_date_convention
         self.cal = _Calendar(start, months)
         seeds = np.random.SeedSequence(seed).spawn(2)
         self.rng = np.random.default_rng(seeds[0])
@@ -335,7 +393,12 @@ class Simulator:
         start_month = np.where(existing, 0, rng.integers(1, max(self.months, 2), n))
         if self.months == 1:
             start_month[:] = 0
-        monthly = rng.random(n) >= _seg_param(seg, "annual_share")
+        annual_share = (
+            _seg_param(seg, "annual_share")
+            if self.dyn.annual_share is None
+            else np.array(self.dyn.annual_share)[seg]
+        )
+        monthly = rng.random(n) >= annual_share
         # Existing annual accounts are somewhere in their term; new ones start one.
         term_end = np.where(
             monthly, start_month, np.where(existing, rng.integers(0, 12, n), start_month + 11)
@@ -652,20 +715,21 @@ class Simulator:
         k = self.samples
         sim = st.take(np.repeat(idx, k))
         mrr0 = sim.mrr
-        horizon_end = self.cal.start(m) + np.timedelta64(HORIZON_DAYS, "D")
+        horizon_end = self.cal.start(m) + np.timedelta64(self.horizon_days, "D")
         churned = np.zeros(sim.e.shape[0], dtype=bool)
         mrr_end = mrr0.copy()
         j = m
         while self.cal.month_end(j) <= horizon_end or self.cal.start(j + 1) <= horizon_end:
-            _evolve(sim, self.mc_rng)
-            d = _decide(sim, j, self.mc_rng)
+            _evolve(sim, self.mc_rng, self.dyn)
+            d = _decide(sim, j, self.mc_rng, self.dyn)
             if self.cal.month_end(j) <= horizon_end:
                 churned |= d.churned
             if self.cal.start(j + 1) <= horizon_end:
                 mrr_end = np.where(sim.alive, sim.mrr, 0.0)
             j += 1
         p_churn = churned.reshape(-1, k).mean(axis=1)
-        p_exp = is_expansion(mrr_end, mrr0, EXPANSION_THRESHOLD).reshape(-1, k).mean(axis=1)
+        expanded = is_expansion(mrr_end, mrr0, self.expansion_threshold)
+        p_exp = expanded.reshape(-1, k).mean(axis=1)
         self.out.add(TRUTH.name, acc=idx, month=np.full(idx.size, m), pc=p_churn, pe=p_exp)
 
     # ----- main loop ----------------------------------------------------------------
@@ -692,15 +756,16 @@ class Simulator:
             self._truth(st, m)
             if m == self.months:
                 break
-            left = _evolve(st, self.rng)
+            left = _evolve(st, self.rng, self.dyn)
             idx = np.flatnonzero(st.alive)
             self._observe(st, idx, m, left)
-            d = _decide(st, m, self.rng)
+            d = _decide(st, m, self.rng, self.dyn)
             self._close_rows(np.flatnonzero(d.churned | d.changed), m)
             new_rows = np.flatnonzero(d.changed | (d.renewed_annual & ~d.changed))
             self._open_rows(st, new_rows, np.full(new_rows.size, m + 1))
             if m % 6 == 5:
                 log.info("simulated month %d/%d", m + 1, self.months)
+        self.state = st  # kept for diagnostics: the hidden state at the data cutoff
         return SimResult(self._tables(), self._truth_frame())
 
     # ----- frames -------------------------------------------------------------------
@@ -760,10 +825,11 @@ class Simulator:
         acc = np.array(self.sub_acc)
         start = self._month_starts(np.array(self.sub_start))
         end_m = np.array(self.sub_end)
+        # A term ending with month m: service stops when month m + 1 starts.
+        gap = np.timedelta64(1 if self.end_date_convention == "inclusive" else 0, "D")
         end = np.where(
-            end_m >= 0, self._month_starts(np.maximum(end_m, 0) + 1) - np.timedelta64(1, "D"),
-            np.datetime64("NaT"),
-        )  # fmt: skip
+            end_m >= 0, self._month_starts(np.maximum(end_m, 0) + 1) - gap, np.datetime64("NaT")
+        )
         df = pd.DataFrame({
             Col.ACCOUNT_ID: self.account_ids[acc],
             Col.START_DATE: start,
@@ -830,41 +896,32 @@ class Simulator:
         return pd.DataFrame({
             Col.ACCOUNT_ID: self.account_ids[tr["acc"]].astype(object),
             Col.AS_OF: self._month_starts(tr["month"]),
-            Col.HORIZON_DAYS: np.full(tr["acc"].size, HORIZON_DAYS),
+            Col.HORIZON_DAYS: np.full(tr["acc"].size, self.horizon_days),
             Col.TRUE_CHURN_PROBABILITY: tr["pc"],
             Col.TRUE_EXPANSION_PROBABILITY: tr["pe"],
         }).astype({Col.ACCOUNT_ID: "str"})  # fmt: skip
 
 
 def generate(
-    accounts: int, months: int, seed: int, start: dt.date, truth_samples: int = 200
+    accounts: int,
+    months: int | None,
+    seed: int,
+    start: dt.date,
+    truth_samples: int = 200,
+    *,
+    preset: str | Dynamics = "default",
+    horizon_days: int = _LABEL_DEFAULTS.horizon_days,
+    expansion_threshold: float = _LABEL_DEFAULTS.expansion_threshold,
+    end_date_convention: EndDateConvention = "inclusive",
 ) -> SimResult:
-    """Simulate a data set (deterministic per arguments)."""
-    return Simulator(accounts, months, seed, start, truth_samples).run()
-
-
-def write_dataset(result: SimResult, out_dir: Path, truth_file: Path | None) -> dict[str, int]:
-    """Write the tables as Parquet into `out_dir` (and the truth); return rows per table.
-
-    Tables are written into a temporary folder beside `out_dir` and moved in only
-    when all are written, so a failure never leaves a half-written data set.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for name, df in result.tables.items():
-            df.to_parquet(tmp / f"{name}.parquet", index=False)
-        out_dir.mkdir(exist_ok=True)
-        for name in TABLES:
-            for stale in (out_dir / f"{name}.csv", out_dir / name):
-                if stale.is_dir():
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink(missing_ok=True)
-            (tmp / f"{name}.parquet").replace(out_dir / f"{name}.parquet")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if truth_file is not None:
-        write_parquet(result.truth, Path(truth_file))
-    return {name: len(df) for name, df in result.tables.items()}
+    """Simulate a data set (deterministic per arguments); `months=None` takes the preset's."""
+    dyn = get_preset(preset) if isinstance(preset, str) else preset
+    months = months or dyn.months
+    if months is None:
+        raise ValueError(f"preset {dyn.name!r} sets no months: pass months")
+    log.debug("simulator preset %s: %s", dyn.name, dyn.description)
+    sim = Simulator(
+        accounts, months, seed, start, truth_samples, dynamics=dyn, horizon_days=horizon_days,
+        expansion_threshold=expansion_threshold, end_date_convention=end_date_convention,
+    )  # fmt: skip
+    return sim.run()
