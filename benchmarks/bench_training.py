@@ -34,8 +34,8 @@ def child(snapshots: Path, truth: Path, out: Path) -> None:
     """The timed part: train both targets, write every plot, dump timings and metrics."""
     t0 = time.perf_counter()
     from cshealth.config import load_config
-    from training.plots import write_plots
     from features.snapshots import SnapshotTable
+    from training.plots import write_plots
     from training.train import nan_to_none, read_truth, train
 
     cfg = load_config(REPO / "params.yaml")

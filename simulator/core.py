@@ -229,7 +229,8 @@ def _evolve(st: _State, rng: np.random.Generator, dyn: Dynamics) -> np.ndarray:
         - dyn.engagement_from_friction * st.f + rng.normal(0, 0.22, n)
     )  # fmt: skip
     st.a = (
-        0.85 * st.a + 0.15 * (dyn.attainment_from_engagement * st.e + st.csm_q)
+        dyn.attainment_persistence * st.a
+        + dyn.attainment_pull * (dyn.attainment_from_engagement * st.e + st.csm_q)
         - 0.08 * st.f + rng.normal(0, 0.15, n)
     )  # fmt: skip
     return left
@@ -665,7 +666,8 @@ class Simulator:
         q = np.exp(rng.normal(0, 0.25, k))
         self.goal_q = np.concatenate([self.goal_q, q])
         past = 0 if m is None else np.maximum(m - start_month, 0)
-        progress = past * np.maximum(0.0, 1 + 0.8 * st.a[acc]) * q / duration
+        pace = np.maximum(0.0, 1 + self.dyn.goal_progress_attainment * st.a[acc])
+        progress = past * pace * q / duration
         self.goal_progress = np.concatenate([self.goal_progress, progress])
         self.goal_day = np.concatenate([self.goal_day, rng.integers(0, 20, k)])
 
@@ -673,7 +675,7 @@ class Simulator:
         rng = self.rng
         has_csm = st.csm_q[idx] != -0.1
         n_goals = np.where(
-            has_csm | (rng.random(idx.size) < 0.3),
+            has_csm | (rng.random(idx.size) < self.dyn.tech_touch_goal_share),
             1 + rng.poisson(np.maximum(_seg_param(st.seg[idx], "goals_mean") - 1, 0)),
             0,
         )
@@ -691,7 +693,8 @@ class Simulator:
         due = self.goal_start + self.goal_dur
         live = alive[self.goal_acc] & (self.goal_start <= m) & (m < due + 2)
         acc = self.goal_acc[live]
-        step = np.maximum(0.0, 1 + 0.8 * st.a[acc] + rng.normal(0, 0.3, acc.size))
+        pace = 1 + self.dyn.goal_progress_attainment * st.a[acc] + rng.normal(0, 0.3, acc.size)
+        step = np.maximum(0.0, pace)
         self.goal_progress[live] += step * self.goal_q[live] / self.goal_dur[live]
         measure_p = np.where(st.csm_q[acc] != -0.1, 0.5, 0.3) + 0.35 * _sigmoid(st.e[acc])
         measured = rng.random(acc.size) < measure_p
@@ -916,7 +919,8 @@ def generate(
 ) -> SimResult:
     """Simulate a data set (deterministic per arguments); `months=None` takes the preset's."""
     dyn = get_preset(preset) if isinstance(preset, str) else preset
-    months = months or dyn.months
+    if months is None:
+        months = dyn.months
     if months is None:
         raise ValueError(f"preset {dyn.name!r} sets no months: pass months")
     log.debug("simulator preset %s: %s", dyn.name, dyn.description)

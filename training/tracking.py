@@ -613,7 +613,7 @@ def load_champion(target: str) -> tuple[HealthModel, int]:
         # Suggest the newest version a gate once promoted; else the newest one.
         was = [v for v in found if (v.tags or {}).get("promotion") == "champion"]
         pick = int((was or found)[-1].version)
-        have = ", ".join(v.version for v in found)
+        have = ", ".join(str(v.version) for v in found)
         raise TrackingError(
             f"{name} has versions {have} but no {CHAMPION}: make one champion with "
             f"`cshealth promote {pick} --model {target}` (see `cshealth models`), or run "
