@@ -188,9 +188,10 @@ def _lightgbm_raw(
         if curve is not None:
             curves.append(curve)
         r = choose_rounds(curves, params)
-        x_test = prepare_frame(features, cats, te)
-        booster, r = fit_booster(x, y[o.train], params, seed, r, constraints, scored=x_test)
-        raw.append(booster.predict(x_test, raw_score=True))
+        # No tie guard here: the backtest measures the chosen tree count itself; only
+        # the champion adds trees when the scores a CSM sees would tie.
+        booster, r = fit_booster(x, y[o.train], params, seed, r, constraints)
+        raw.append(booster.predict(prepare_frame(features, cats, te), raw_score=True))
         rounds.append(r)
     return np.concatenate(raw) if raw else np.zeros(0), rounds, curves
 
