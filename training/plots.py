@@ -105,7 +105,7 @@ def _scored(test: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
 def _two_classes(ax: Axes, y: np.ndarray) -> bool:
     if len(np.unique(y)) == 2:
         return True
-    ax.text(0.5, 0.5, "not defined: the test slice holds one class only",
+    ax.text(0.5, 0.5, "not defined: the backtest holds one class only",
             ha="center", va="center", transform=ax.transAxes)  # fmt: skip
     return False
 
