@@ -337,8 +337,6 @@ def compare_with_champion(
     c: MlflowClient, target: str, champion: int, new: pd.DataFrame, seed: int = 0
 ) -> tuple[Comparison | None, str | None]:
     """Paired AUC of the new backtest vs the champion's on their shared rows (new labels)."""
-    import pandas as pd
-
     from features.contract import Col
     from training.metrics import paired_auc_difference
 
@@ -359,7 +357,6 @@ def compare_with_champion(
         y, both["lightgbm"].to_numpy(), both["lightgbm_champion"].to_numpy(),
         both[Col.ACCOUNT_ID].to_numpy(), PAIRED_RESAMPLES, seed,
     )  # fmt: skip
-    del pd
     return Comparison(len(both), int(y.sum()), delta, lo, hi), None
 
 
