@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cshealth.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+from cshealth.errors import UserError, one_line
+from cshealth.files import umask_setting
 from features.contract import Col
 from features.targets import CHURN, EXPANSION, TARGET_NAMES
 from simulator import END_DATE_CONVENTIONS, preset_names
@@ -96,8 +98,10 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
 
     data_dir = Path(args.data or cfg.data.raw_dir)
     out = Path(args.out or cfg.features.out)
+    # Taken here, not in the pipeline: feature functions get explicit dates, never now().
+    run_date = args.run_date or dt.datetime.now(dt.UTC).date()
     t0 = time.perf_counter()
-    snaps = build_snapshots(data_dir, cfg.features)
+    snaps = build_snapshots(data_dir, cfg.features, run_date=run_date)
     print(f"subscriptions.end_date convention: {snaps.end_date_evidence}")
     report = check_snapshots(
         snaps,
@@ -153,6 +157,7 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
     from features.io import write_text
     from features.snapshots import SnapshotTable
+    from training import reports as report_set
     from training import tracking
     from training.train import nan_to_none, read_truth, train
 
@@ -161,22 +166,32 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     reports = Path(args.reports or cfg.train.reports_dir)
     snaps = SnapshotTable.read(features)
     truth = read_truth(args.truth) if args.truth else None
-    uri = tracking.check_connection()  # fail before training, not after
+    uri = tracking.display_uri(tracking.check_connection())  # fail before training, not after
+    report_set.recover(reports)  # a set a killed run left half renamed: finish it now
     log.info("training on %s (%d rows, %d features); tracking at %s", features,
              len(snaps.frame), len(snaps.features), uri)  # fmt: skip
     result = train(snaps, cfg.train, list(cfg.rules), truth)
-    metrics_file = reports / "metrics.json"
-    write_text(json.dumps(nan_to_none(result.report()), indent=2) + "\n", metrics_file)
-    log.info("writing plots to %s/", reports / "plots")
-    from training.plots import write_plots
+    # The reports are built aside and replace the old set only once the MLflow run has
+    # finished: a killed run leaves the previous run's complete set (training.reports).
+    staging = report_set.stage(reports)
+    try:
+        write_text(json.dumps(nan_to_none(result.report()), indent=2) + "\n",
+                   staging / report_set.METRICS)  # fmt: skip
+        from training.plots import write_plots
 
-    plots = write_plots(result, snaps, reports / "plots")
-    log.info("logging the run to MLflow (%s)", uri)
-    params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
-    record = tracking.log_training(
-        result, snaps, features, config=cfg.model_dump(mode="json"), gates=cfg.train.gates,
-        metrics_file=metrics_file, plots=plots, params_file=params_file, seed=cfg.train.seed,
-    )  # fmt: skip
+        plots = write_plots(result, snaps, staging / report_set.PLOTS)
+        log.info("logging the run to MLflow (%s)", uri)
+        params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
+        record = tracking.log_training(
+            result, snaps, features, config=cfg.model_dump(mode="json"), gates=cfg.train.gates,
+            metrics_file=staging / report_set.METRICS, plots=plots, params_file=params_file,
+            seed=cfg.train.seed,
+        )  # fmt: skip
+        report_set.publish(staging, reports, record.run_id)
+    except BaseException:
+        report_set.discard(staging)
+        raise
+    metrics_file = reports / report_set.METRICS
     first = next(iter(result.targets.values())).backtest.origins
     span = f"{first[0].date()}..{first[-1].date()}" if first else "none"
     print(f"walk-forward backtest, {len(first)} monthly origins {span} (pooled out-of-time):")
@@ -192,6 +207,8 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         print(decision.line())
         if not decision.promoted:
             print(f"  to make it champion anyway: {decision.promote_command()}")
+    if not all(d.promoted for d in record.decisions.values()):
+        print(f"  every model of this run: cshealth promote {record.run_id}")
     print(
         f"wrote {metrics_file} and {len(plots)} plots to {reports / 'plots'}/; MLflow run "
         f"{record.run_id} at {record.uri} in {time.perf_counter() - t0:.1f} s"
@@ -200,53 +217,75 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
-    """List the registered versions of every model, their aliases and backtest metrics."""
+    """List the registered versions of every model, their aliases, backtest metrics and run."""
     from training import tracking
 
+    tracking.fail_abandoned_runs()  # runs of killed trainings show as FAILED, not RUNNING
     rows = tracking.list_models()
     if not rows:
-        print(f"no registered models at {tracking.tracking_uri()}: run `cshealth train` first")
+        print(f"no registered models at {tracking.display_uri()}: run `cshealth train` first")
         return 0
     print(f"{'model':<20}{'version':>8}  {'aliases':<10}{'roc_auc':>8}{'ece':>8}  "
-          f"{'created (UTC)':<26}run")  # fmt: skip
+          f"{'created (UTC)':<26}{'run':<34}run status")  # fmt: skip
     for r in rows:
         aliases = ",".join(r["aliases"]) or "-"
         print(f"{r['name']:<20}{r['version']:>8}  {aliases:<10}{r['roc_auc']:>8.3f}"
-              f"{r['ece']:>8.3f}  {r['created']:<26}{r['run_id']}")  # fmt: skip
+              f"{r['ece']:>8.3f}  {r['created']:<26}{r['run_id'] or '-':<34}"
+              f"{r['run_status'] or '-'}")  # fmt: skip
+    print("promote every model of a finished run: cshealth promote RUN_ID; one model: "
+          "cshealth promote VERSION --model TARGET")  # fmt: skip
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
-    """Move the champion alias to VERSION by hand (both models unless --model is given)."""
+    """Move the champion alias by hand: every model of a training run, or one version."""
     from training import tracking
 
-    if args.model:
-        moved = {args.model: tracking.promote(args.model, args.version)}
-    else:
-        moved = tracking.promote_pair(args.version)
+    if args.run and args.ref:
+        raise UserError("give either RUN_ID / VERSION or --run, not both")
+    ref = (args.run or args.ref or "").strip()
+    if not ref:
+        raise UserError("say what to promote: `cshealth promote RUN_ID` (every model of a "
+                        "training run) or `cshealth promote VERSION --model TARGET`; run ids "
+                        "and versions: `cshealth models`")  # fmt: skip
+    targets = [args.model] if args.model else None
+    origin = ""
+    if args.run or not ref.isdigit():
+        rv, moved = tracking.promote_run(ref, targets)
+        versions, origin = rv.versions, f" (run {rv.run_id})"
+    elif args.model:
+        versions = {args.model: int(ref)}
+        moved = {args.model: tracking.promote(args.model, int(ref))}
+    else:  # VERSION of the first model names its training run: every model of that run
+        rv = tracking.pair_of_version(int(ref))
+        rv, moved = tracking.promote_run(rv.run_id)
+        versions, origin = rv.versions, f" (run {rv.run_id})"
     for target, before in moved.items():
         was = f"v{before}" if before is not None else "none"
-        print(f"{tracking.registered_name(target)}: {tracking.CHAMPION} {was} -> v{args.version}")
+        print(f"{tracking.registered_name(target)}: {tracking.CHAMPION} {was} -> "
+              f"v{versions[target]}{origin}")  # fmt: skip
     return 0
 
 
 def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     """Score every account at the newest as_of with the champions; append to the store."""
-    import datetime as dt
-
     from features.snapshots import SnapshotTable
     from serving.batch import score_latest
     from serving.predictor import ModelPair, Scorer
     from serving.store import ScoreStore, db_url
     from training import tracking
 
-    features = Path(args.features or cfg.features.out)
-    snaps = SnapshotTable.read(features)
-    churn, v_churn = tracking.load_champion(CHURN.name)
-    expansion, v_exp = tracking.load_champion(EXPANSION.name)
-    scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health)
+    # the store first: a wrong CSHEALTH_DB_URL fails before minutes of loading and scoring
     store = ScoreStore(db_url(cfg.serving.db_file))
-    summary = score_latest(snaps.frame, scorer, store, dt.datetime.now(dt.UTC))
+    try:
+        features = Path(args.features or cfg.features.out)
+        snaps = SnapshotTable.read(features)
+        churn, v_churn = tracking.load_champion(CHURN.name)
+        expansion, v_exp = tracking.load_champion(EXPANSION.name)
+        scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health)
+        summary = score_latest(snaps.frame, scorer, store)  # scored_at: at commit
+    finally:
+        store.close()
     bands = ", ".join(f"{k} {v}" for k, v in sorted(summary["bands"].items()))
     print(
         f"scored {summary['accounts']:,} accounts at as_of {summary['as_of']} with churn "
@@ -256,8 +295,13 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _wait_ready(url: str, proc: object, timeout: float = 90.0) -> bool:
-    """Poll GET url until it answers 200, the process exits, or `timeout` passes."""
+def _wait_ready(url: str, proc: object, instance: str | None = None,
+                timeout: float = 90.0) -> bool:  # fmt: skip
+    """Poll GET url until the server we started answers 200, it exits, or `timeout` passes.
+
+    With `instance`, only an answer carrying ``X-CSHealth-Instance: <instance>`` counts:
+    a 200 from anything else on the port (an orphaned old worker) fails at once.
+    """
     import urllib.error
     import urllib.request
 
@@ -268,7 +312,12 @@ def _wait_ready(url: str, proc: object, timeout: float = 90.0) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    return True
+                    seen = resp.headers.get("X-CSHealth-Instance")
+                    if instance is None or seen == instance:
+                        return True
+                    seen = one_line(str(seen), 40)
+                    raise UserError(f"{url} is answered by another server (instance "
+                                    f"{seen!r}), not the one just started")  # fmt: skip
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
@@ -291,30 +340,54 @@ def _example_account(cfg: Config) -> str | None:
     return (red or scores or [{"account_id": None}])[0]["account_id"]
 
 
+def _serve_env(args: argparse.Namespace, instance: str) -> dict[str, str]:
+    """The server's environment: only --no-auth (never an inherited variable) disables auth."""
+    from serving.auth import API_KEY_ENV, INSTANCE_ENV, NO_AUTH_ENV, no_auth_marker
+
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true",
+           INSTANCE_ENV: instance}  # fmt: skip
+    if env.pop(NO_AUTH_ENV, None) is not None:
+        log.warning("ignoring the inherited %s: only `cshealth serve --no-auth` disables "
+                    "authentication", NO_AUTH_ENV)  # fmt: skip
+    key = env.get(API_KEY_ENV)
+    if args.no_auth:
+        if key:
+            log.warning("--no-auth given: ignoring %s", API_KEY_ENV)
+        env.pop(API_KEY_ENV, None)
+        env[NO_AUTH_ENV] = no_auth_marker(instance)
+    elif key is not None and key and not key.strip():
+        raise UserError(f"{API_KEY_ENV} is blank (only whitespace): set a real key, e.g. "
+                        f"export {API_KEY_ENV}=$(openssl rand -hex 16)")  # fmt: skip
+    elif not key:
+        raise UserError(f"{API_KEY_ENV} is not set. Set it (clients send 'Authorization: "
+                        "Bearer <key>'), or pass --no-auth to run without authentication "
+                        "on purpose.")  # fmt: skip
+    return env
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     """Start the HTTP scoring service (BentoML) over the champions and the score store."""
-    import os
+    import secrets
     import signal
     import subprocess
 
-    key = os.environ.get("CSHEALTH_API_KEY")
-    if not key and not args.no_auth:
-        print(
-            "error: CSHEALTH_API_KEY is not set. Set it (clients send 'Authorization: Bearer "
-            "<key>'), or pass --no-auth to run without authentication on purpose.",
-            file=sys.stderr,
-        )
-        return 2
-    params = Path(args.params or DEFAULT_PARAMS).resolve()
-    env = {**os.environ, "CSHEALTH_PARAMS": str(params), "BENTOML_DO_NOT_TRACK": "true",
-           "DO_NOT_TRACK": "true"}  # fmt: skip
+    from cshealth.errors import redact
+    from serving.process import die_with_parent, port_in_use
+
+    instance = secrets.token_hex(8)
+    env = _serve_env(args, instance)
+    env["CSHEALTH_PARAMS"] = str(Path(args.params or DEFAULT_PARAMS).resolve())
+    key = env.get("CSHEALTH_API_KEY", "").strip()
+    port = args.port or cfg.serving.port
+    if port_in_use(args.host, port):
+        raise UserError(f"port {port} on {args.host} is already in use (another cshealth "
+                        "serve, or a leftover server?): stop it or pass --port")  # fmt: skip
     if args.no_auth:
-        env["CSHEALTH_NO_AUTH"] = "1"
-        log.warning("authentication is OFF (--no-auth): anyone who can reach the port can score")
-    port = str(args.port or cfg.serving.port)
+        print("WARNING: authentication is OFF (--no-auth): anyone who can reach the port "
+              "can score", file=sys.stderr, flush=True)  # fmt: skip
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml), "serve", "serving.service:HealthService", "--host", args.host,
-           "--port", port]  # fmt: skip
+           "--port", str(port)]  # fmt: skip
     base = f"http://{args.host}:{port}"
     print(f"starting the service on {base} ...", flush=True)
 
@@ -322,35 +395,40 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         raise KeyboardInterrupt
 
     # Ctrl-C and a plain `kill` both stop the server cleanly (SIGINT may be ignored when
-    # started in the background, so handle it explicitly).
+    # started in the background, so handle it explicitly). A SIGKILL of this process
+    # reaches the server through die_with_parent (PR_SET_PDEATHSIG).
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     try:
-        if not _wait_ready(f"{base}/readyz", proc):
+        if not _wait_ready(f"{base}/readyz", proc, instance):
             print("error: the service did not become ready (see its log above)", file=sys.stderr)
             proc.terminate()
             return proc.wait() or 1
         account = _example_account(cfg) or "ACCOUNT_ID"
         shown = key if args.show_key else "$CSHEALTH_API_KEY"
         auth = "" if args.no_auth else f"-H 'Authorization: Bearer {shown}' "
+        mlflow_uri = redact(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
         print(
             f"\nready: {base}  (health {base}/readyz, metrics {base}/metrics, API docs {base}/)\n"
+            + ("WARNING: authentication is OFF (--no-auth)\n" if args.no_auth else "")
             + (f"API key: {key}\n" if args.show_key and key else "")
             + f"try:   curl -s -X POST {base}/score {auth}-H 'Content-Type: application/json' "
             f'-d \'{{"account_ids": ["{account}"]}}\'\n'
-            f"MLflow: mlflow ui --backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}\n"
+            f"MLflow: mlflow ui --backend-store-uri {mlflow_uri}\n"
             f"report: {Path(cfg.report.out).resolve()}\n"
             "Ctrl-C stops the service.",
             flush=True,
         )
         return proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError) as err:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if isinstance(err, UserError):
+            raise
         return 0
 
 
@@ -412,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("features", help=cmd_features.__doc__)
     f.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
     f.add_argument("--out", type=Path, help="snapshot Parquet file (default: features.out)")
+    f.add_argument(
+        "--run-date", type=_date, help="no timestamp may be later, as in `check` (default: today)"
+    )
     f.set_defaults(func=cmd_features)
 
     t = sub.add_parser("train", help=cmd_train.__doc__)
@@ -442,10 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     pr = sub.add_parser("promote", help=cmd_promote.__doc__)
-    pr.add_argument("version", type=_positive, help="registered model version")
+    pr.add_argument(
+        "ref", nargs="?", metavar="RUN_ID|VERSION",
+        help="a training run id (or its first 8+ characters): every model it registered; or a "
+        "version number: with --model that model's version, without it the run that "
+        f"registered that {TARGET_NAMES[0]} version (see `cshealth models`)",
+    )  # fmt: skip
+    pr.add_argument("--run", metavar="RUN_ID", help="the training run whose models to promote")
     pr.add_argument(
         "--model", choices=TARGET_NAMES,
-        help="promote this model only (default: both, when VERSION of each comes from one run)",
+        help="promote this model only (default: every model of the run)",
     )  # fmt: skip
     pr.set_defaults(func=cmd_promote)
     return p
@@ -460,32 +547,47 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(max(level, logging.WARNING)))
 
 
+def _fail(message: object, code: int) -> int:
+    """Print one `error:` line (control characters escaped, secrets redacted); return `code`."""
+    print(f"error: {one_line(str(message), limit=2000)}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cshealth` command."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
+        mask = umask_setting()
         cfg = load_config(args.params)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, UserError) as err:
+        return _fail(err, 2)
+    previous = os.umask(mask)
+    try:
+        return _run(args, cfg)
+    finally:
+        os.umask(previous)  # main() is also called in-process (tests, notebooks)
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    """Run the chosen subcommand; problems the user can act on become one `error:` line."""
     func: Callable[[argparse.Namespace, Config], int] = args.func
     from features.io import ContractError
     from training.tracking import TrackingError
 
     try:
         return func(args, cfg)
+    except UserError as err:
+        return _fail(err, err.exit_code)
     except TrackingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, 2)
     except ContractError as err:
         print("error: the data does not meet the contract:", file=sys.stderr)
         for issue in err.issues:
-            print(f"  - {issue}", file=sys.stderr)
+            print(f"  - {one_line(str(issue), limit=2000)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, 2)
 
 
 if __name__ == "__main__":

@@ -149,9 +149,13 @@ def risk_by(data: ReportData, column: str) -> pd.DataFrame:
 
 
 # ----- formatting -------------------------------------------------------------------
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def money(x: float) -> str:
-    """$1.2M, $345K, $900."""
-    if x is None or np.isnan(x):
+    """$1.2M, $345K, $900 ("–" for a missing or non-finite amount)."""
+    if not _finite(x):
         return "–"
     for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(x) >= size:
@@ -160,7 +164,7 @@ def money(x: float) -> str:
 
 
 def pct(x: float, digits: int = 1) -> str:
-    return "–" if x is None or np.isnan(x) else f"{x:.{digits}%}"
+    return f"{x:.{digits}%}" if _finite(x) else "–"
 
 
 def _e(x: Any) -> str:
@@ -178,11 +182,12 @@ def _bars(labels: list[str], values: list[float], fmt: Any = money, colour: str 
     """A horizontal bar chart as inline SVG."""
     if not values:
         return ""
-    top = max(max(values), 1e-9)
+    # A non-finite value gets no bar: one inf would make every width NaN or zero.
+    top = max([v for v in values if _finite(v)] + [1e-9])
     row, width, label_w = 22, 640, 170
     parts = [f'<svg class="bars" viewBox="0 0 {width} {row * len(values) + 4}" role="img">']
     for i, (lab, v) in enumerate(zip(labels, values, strict=True)):
-        w = (width - label_w - 90) * max(v, 0) / top
+        w = (width - label_w - 90) * max(v, 0) / top if _finite(v) else 0.0
         y = i * row + 2
         parts.append(
             f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_e(lab)}</text>'

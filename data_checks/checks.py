@@ -23,13 +23,11 @@ from data_checks.runner import GxRunner, examples, failures_from, in_set_result
 from data_checks.suites import (
     fk_check,
     foreign_key_expectation,
-    future_checked,
-    run_bound,
     type_expectations,
     value_expectations,
 )
-from features.contract import TABLES, Col, T, Table
-from features.io import ContractError, Issue, load_table
+from features.contract import TABLES, Col, T, Table, future_checked, run_bound
+from features.io import ContractError, Issue, describe, load_table
 from features.subscriptions import EndDateSetting, resolve_end_date_convention
 
 log = logging.getLogger(__name__)
@@ -41,6 +39,7 @@ GX_VALUE_SET_LIMIT = 20_000
 
 _ISSUE_CHECKS = {"missing column": "column present"}
 _AMBIGUOUS = "ambiguous source"
+_READABLE = "readable"
 
 
 def check_folder(
@@ -129,6 +128,8 @@ def _issue_failure(issue: Issue, rows: int = 0) -> Failure:
         check = f"type: {issue.check}"
     elif issue.check.startswith(_AMBIGUOUS):  # "ambiguous source: a.csv, a.parquet"
         check, examples = "single source", issue.check.partition(": ")[2].split(", ")
+    elif issue.column is None:  # "unreadable file a.csv: not UTF-8 text", "empty file ..."
+        check, examples = _READABLE, [issue.check]
     return Failure(issue.table, check, issue.column, issue.rows or rows, examples)
 
 
@@ -138,11 +139,13 @@ def _load(
     """Locate, read and coerce one table; report what stands in the way (never raises)."""
     try:
         lt = load_table(data_dir, table.name)
-    except ContractError as err:  # e.g. both NAME.csv and NAME.parquet
-        return {"status": "ambiguous"}, [_issue_failure(i) for i in err.issues], None
+    except ContractError as err:  # both NAME.csv and NAME.parquet, or an unreadable file
+        found = [_issue_failure(i) for i in err.issues]
+        status = "unreadable" if any(f.check == _READABLE for f in found) else "ambiguous"
+        return {"status": status}, found, None
     except Exception as err:  # an unreadable file must fail the check, not the program
-        msg = f"{type(err).__name__}: {err}"[:300]
-        return {"status": "unreadable"}, [Failure(table.name, "readable", None, 0, [msg])], None
+        msg = describe(err)
+        return {"status": "unreadable"}, [Failure(table.name, _READABLE, None, 0, [msg])], None
     if lt is None:
         if table.required:
             return (

@@ -7,13 +7,14 @@ import json
 import logging
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from features.contract import TABLES
+from features.contract import CONTROL_CHARACTERS, TABLES
 from features.io import write_text
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ CROSS_TABLE = "cross_table"
 END_DATE_CONVENTION = "end_date_convention"
 SUMMARY = "summary"
 _MAX_CELL = {"table": 22, "check": 48, "column": 24, "examples": 110}
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,10 @@ def write_reports(report: CheckReport, reports_dir: Path) -> None:
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    """`text` on one line, control characters escaped (data may hold any), at most `width`."""
+    text = _CONTROL.sub(
+        lambda m: m[0].encode("unicode_escape").decode("ascii"), " ".join(text.split())
+    )
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -7,29 +7,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from features.contract import PANDAS_DTYPE, Column, ForeignKey, Table
+from features.contract import (
+    CONTROL_CHARACTERS,
+    MAX_ID_LENGTH,
+    PANDAS_DTYPE,
+    Column,
+    ForeignKey,
+    Rule,
+    Table,
+    future_checked,
+    future_rule,
+)
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
-
-
-def run_bound(run_date: dt.date | dt.datetime) -> dt.datetime:
-    """The latest allowed timestamp: the run date's last microsecond, or the run datetime."""
-    if isinstance(run_date, dt.datetime):
-        if run_date.tzinfo is not None:
-            run_date = run_date.astimezone(dt.UTC).replace(tzinfo=None)
-        return pd.Timestamp(run_date).to_pydatetime()
-    return dt.datetime.combine(run_date, dt.time.max)
-
-
-def future_checked(col: Column) -> bool:
-    """Whether the column gets a 'not after the run date' check."""
-    return col.is_time and not col.future_ok
 
 
 def _meta(check: str, column: str | None, **extra: str) -> dict[str, Any]:
@@ -117,14 +114,17 @@ def value_expectations(
         if future_checked(col):
             out.append(
                 gxe.ExpectColumnValuesToBeBetween(
-                    column=c,
-                    max_value=bound,
-                    meta=_meta(f"not after run date {bound:%Y-%m-%d %H:%M:%S}", c),
+                    column=c, max_value=bound, meta=_meta(future_rule(bound), c)
                 )
             )
+        out += _sanity_expectations(col)
+    if table.required:
+        out.append(
+            gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=_meta(Rule.NOT_EMPTY, None))
+        )
     key = list(table.key)
     if key and all(k in present for k in key):
-        meta = _meta("unique key", ", ".join(key))
+        meta = _meta(Rule.UNIQUE_KEY, ", ".join(key))
         if len(key) == 1:
             out.append(gxe.ExpectColumnValuesToBeUnique(column=key[0], meta=meta))
         else:
@@ -140,6 +140,33 @@ def value_expectations(
                     meta=_meta(f"on or after {o.earlier}", o.later),
                 )
             )
+    return out
+
+
+def _sanity_expectations(col: Column) -> list[Expectation]:
+    """Finite floats; identifiers of bounded length without control characters."""
+    import great_expectations.expectations as gxe
+
+    c = col.name
+    out: list[Expectation] = []
+    if col.must_be_finite:  # NaN is null and passes; +-inf lie outside the float range
+        top = sys.float_info.max
+        out.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c, min_value=-top, max_value=top, meta=_meta(Rule.FINITE, c)
+            )
+        )
+    if col.identifier:
+        out.append(
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=c, max_value=MAX_ID_LENGTH, meta=_meta(Rule.ID_LENGTH, c)
+            )
+        )
+        out.append(
+            gxe.ExpectColumnValuesToNotMatchRegex(
+                column=c, regex=CONTROL_CHARACTERS, meta=_meta(Rule.NO_CONTROL, c)
+            )
+        )
     return out
 
 

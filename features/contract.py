@@ -9,9 +9,17 @@ typing the name again.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
+
+#: Longest identifier (account_id, user_id, ticket_id, ...) the contract accepts; the score
+#: store's id columns are declared with the same length.
+MAX_ID_LENGTH: Final = 128
+#: Characters no identifier may hold (C0, DEL, C1: newlines, escapes that rewrite a
+#: terminal). Written so that Python `re`, pandas and DuckDB (RE2) read it alike.
+CONTROL_CHARACTERS: Final = r"[\x00-\x1f\x7f-\x9f]"
 
 
 class T:
@@ -122,7 +130,8 @@ class Column:
 
     `observed` marks event times that define the data cutoff; `future_ok` marks
     dates that may legitimately lie after the run date (a contract term that runs
-    on, a goal due later). `default` fills a column the source omitted.
+    on, a goal due later). `default` fills a column the source omitted. An
+    `identifier` holds at most MAX_ID_LENGTH characters and no CONTROL_CHARACTERS.
     """
 
     name: str
@@ -135,6 +144,7 @@ class Column:
     observed: bool = False
     future_ok: bool = False
     default: object = None
+    identifier: bool = False
 
     @property
     def dtype(self) -> str:
@@ -144,6 +154,11 @@ class Column:
     @property
     def is_time(self) -> bool:
         return self.kind in (Kind.TIMESTAMP, Kind.DATE)
+
+    @property
+    def must_be_finite(self) -> bool:
+        """Floats may be null (NaN) but never infinite."""
+        return self.kind == Kind.FLOAT
 
 
 @dataclass(frozen=True)
@@ -171,7 +186,7 @@ class Table:
     description: str
     columns: tuple[Column, ...]
     key: tuple[str, ...] = ()
-    required: bool = False
+    required: bool = False  # present and not empty
     foreign_keys: tuple[ForeignKey, ...] = ()
     orderings: tuple[Ordering, ...] = ()
 
@@ -192,12 +207,51 @@ class Table:
         return [c.name for c in self.columns if c.default is None]
 
 
+# -- value rules: what `cshealth check` (GX) and `cshealth features` (pandas, DuckDB) enforce
+
+
+def future_checked(col: Column) -> bool:
+    """Whether the column gets a 'not after the run date' check."""
+    return col.is_time and not col.future_ok
+
+
+def run_bound(run_date: dt.date | dt.datetime) -> dt.datetime:
+    """The latest allowed timestamp: the run date's last microsecond, or the run datetime."""
+    if isinstance(run_date, dt.datetime):
+        if run_date.tzinfo is not None:
+            run_date = run_date.astimezone(dt.UTC).replace(tzinfo=None)
+        return run_date
+    return dt.datetime.combine(run_date, dt.time.max)
+
+
+def future_rule(bound: dt.datetime) -> str:
+    """The name of the run-date check."""
+    return f"not after run date {bound:%Y-%m-%d %H:%M:%S}"
+
+
+class Rule:
+    """Names of the value checks, shared by the GX suites and the feature stage."""
+
+    NOT_EMPTY: Final = "not empty"
+    FINITE: Final = "finite"
+    ID_LENGTH: Final = f"at most {MAX_ID_LENGTH} characters"
+    NO_CONTROL: Final = "no control characters"
+    UNIQUE_KEY: Final = "unique key"
+
+
+# -- the tables
+
+
 def _fk_account() -> ForeignKey:
     return ForeignKey(Col.ACCOUNT_ID, T.ACCOUNTS, Col.ACCOUNT_ID)
 
 
+def _id(name: str, description: str, nullable: bool = False) -> Column:
+    return Column(name, Kind.STRING, description, nullable=nullable, identifier=True)
+
+
 def _account_col() -> Column:
-    return Column(Col.ACCOUNT_ID, Kind.STRING, "Customer account identifier.")
+    return _id(Col.ACCOUNT_ID, "Customer account identifier.")
 
 
 TABLES: Final[dict[str, Table]] = {
@@ -207,7 +261,7 @@ TABLES: Final[dict[str, Table]] = {
             T.ACCOUNTS,
             "One row per customer account.",
             (
-                Column(Col.ACCOUNT_ID, Kind.STRING, "Customer account identifier."),
+                _account_col(),
                 Column(Col.NAME, Kind.STRING, "Account display name."),
                 Column(
                     Col.SEGMENT,
@@ -218,9 +272,8 @@ TABLES: Final[dict[str, Table]] = {
                 Column(Col.INDUSTRY, Kind.STRING, "Industry vertical.", nullable=True),
                 Column(Col.REGION, Kind.STRING, "Sales region.", nullable=True),
                 Column(Col.CREATED_AT, Kind.TIMESTAMP, "When the account was created."),
-                Column(
+                _id(
                     Col.CSM_ID,
-                    Kind.STRING,
                     "Assigned Customer Success Manager; null for tech-touch accounts.",
                     nullable=True,
                 ),
@@ -258,7 +311,7 @@ TABLES: Final[dict[str, Table]] = {
             "Product usage; identical repeated events are legitimate (no key).",
             (
                 _account_col(),
-                Column(Col.USER_ID, Kind.STRING, "User who acted."),
+                _id(Col.USER_ID, "User who acted."),
                 Column(Col.EVENT_TIME, Kind.TIMESTAMP, "When it happened.", observed=True),
                 Column(Col.EVENT_TYPE, Kind.STRING, "What was done."),
                 Column(
@@ -276,7 +329,7 @@ TABLES: Final[dict[str, Table]] = {
             T.SUPPORT_TICKETS,
             "Support tickets.",
             (
-                Column(Col.TICKET_ID, Kind.STRING, "Ticket identifier."),
+                _id(Col.TICKET_ID, "Ticket identifier."),
                 _account_col(),
                 Column(Col.CREATED_AT, Kind.TIMESTAMP, "When it was opened.", observed=True),
                 Column(
@@ -310,9 +363,9 @@ TABLES: Final[dict[str, Table]] = {
             T.NPS_RESPONSES,
             "Net Promoter Score survey responses.",
             (
-                Column(Col.RESPONSE_ID, Kind.STRING, "Response identifier."),
+                _id(Col.RESPONSE_ID, "Response identifier."),
                 _account_col(),
-                Column(Col.USER_ID, Kind.STRING, "Respondent."),
+                _id(Col.USER_ID, "Respondent."),
                 Column(Col.RESPONDED_AT, Kind.TIMESTAMP, "When answered.", observed=True),
                 Column(Col.SCORE, Kind.INT, "Score 0–10.", min_value=0, max_value=10),
                 Column(Col.COMMENT, Kind.STRING, "Free-text comment.", nullable=True),
@@ -324,7 +377,7 @@ TABLES: Final[dict[str, Table]] = {
             T.OUTCOMES,
             "Measurable business goals the customer bought the product for.",
             (
-                Column(Col.OUTCOME_ID, Kind.STRING, "Goal identifier."),
+                _id(Col.OUTCOME_ID, "Goal identifier."),
                 _account_col(),
                 Column(Col.KPI, Kind.STRING, "The KPI measured."),
                 Column(Col.BASELINE, Kind.FLOAT, "KPI value when the goal was set."),
@@ -346,7 +399,7 @@ TABLES: Final[dict[str, Table]] = {
             T.OUTCOME_MEASUREMENTS,
             "KPI measurements reviewed with the customer.",
             (
-                Column(Col.OUTCOME_ID, Kind.STRING, "Goal identifier."),
+                _id(Col.OUTCOME_ID, "Goal identifier."),
                 Column(Col.MEASURED_AT, Kind.TIMESTAMP, "When measured.", observed=True),
                 Column(Col.VALUE, Kind.FLOAT, "Measured KPI value."),
             ),

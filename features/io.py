@@ -8,21 +8,27 @@ silently: they become null in the returned frame and are listed in the issues.
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from features.contract import TABLES, Column, Kind, Table
+from features.contract import CONTROL_CHARACTERS, TABLES, Column, Kind, Table
 
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
+#: longest example value shown (an over-long id is cut, not printed whole)
+MAX_EXAMPLE_CHARS = 40
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
@@ -79,16 +85,100 @@ def find_source(data_dir: Path, name: str) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """Read a Parquet file, a folder of Parquet parts, or a CSV (all text)."""
+def _hidden(part: Path, folder: Path) -> bool:
+    """Whether Parquet readers skip this file (a name under the folder starts with . or _)."""
+    return any(n.startswith((".", "_")) for n in part.relative_to(folder).parts)
+
+
+def source_files(name: str, source: Path) -> list[Path]:
+    """The files holding table `name`: the file itself, or the folder's Parquet parts.
+
+    Raises ContractError for a folder without parts and for an empty (0-byte) file.
+    """
+    if not source.is_dir():
+        files = [source]
+    else:
+        files = sorted(
+            p for p in source.rglob("*.parquet") if p.is_file() and not _hidden(p, source)
+        )
+        if not files:
+            raise ContractError([Issue(name, None, f"no Parquet parts in folder {source.name}/")])
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty:
+        raise ContractError(
+            [Issue(name, None, f"empty file (0 bytes): {_shown(empty[0], source)}")]
+        )
+    return files
+
+
+def read_source(path: Path, files: list[Path] | None = None) -> pd.DataFrame:
+    """Read a Parquet file, a folder of Parquet parts (`files`), or a CSV (all text)."""
     if path.suffix == ".csv":
         # Read CSV as text so that ids keep leading zeros; coercion types it.
         return pd.read_csv(path, dtype=str, keep_default_na=True)
-    return pd.read_parquet(path)
+    # A list of parts: the same files DuckDB reads, each path taken literally.
+    return pd.read_parquet([str(f) for f in files] if path.is_dir() and files else path)
 
 
-def _examples(values: pd.Series) -> tuple[str, ...]:
-    return tuple(str(v) for v in values.head(MAX_EXAMPLES).tolist())
+def _shown(file: Path, source: Path) -> str:
+    """A file as the user knows it: `NAME.csv`, or `NAME/part.parquet` inside a folder."""
+    return str(file.relative_to(source.parent)) if file != source else source.name
+
+
+def _problem(file: Path) -> str | None:
+    """Why `file` cannot be read, when a cheap look finds out (None: it looks fine)."""
+    import pyarrow.parquet as pq
+
+    try:
+        if file.suffix == ".csv":
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            with file.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    decoder.decode(chunk)
+                decoder.decode(b"", final=True)
+        else:
+            pq.read_metadata(file)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except Exception as err:  # any failure to parse is the finding
+        return describe(err)
+    return None
+
+
+def describe(err: BaseException) -> str:
+    """An exception as one short line: type and message, whitespace collapsed."""
+    if isinstance(err, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
+def unreadable(name: str, source: Path, files: list[Path], err: BaseException) -> ContractError:
+    """The error for a table whose files a reader failed on, naming the file at fault."""
+    for file in files:
+        problem = _problem(file)
+        if problem is not None:
+            return ContractError(
+                [Issue(name, None, f"unreadable file {_shown(file, source)}: {problem}")]
+            )
+    shown = _shown(files[0], source) if len(files) == 1 else f"{source.name}/"
+    return ContractError([Issue(name, None, f"unreadable file {shown}: {describe(err)}")])
+
+
+def _example(value: object) -> str:
+    text = _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), str(value))
+    return text if len(text) <= MAX_EXAMPLE_CHARS else text[: MAX_EXAMPLE_CHARS - 1] + "…"
+
+
+def example_values(values: Iterable[object]) -> tuple[str, ...]:
+    """Up to MAX_EXAMPLES values as short text, control characters escaped."""
+    return tuple(_example(v) for v in itertools.islice(values, MAX_EXAMPLES))
+
+
+def rule_issue(
+    table: str, column: str | None, rule: str, rows: int = 0, values: Iterable[object] = ()
+) -> Issue:
+    """A violated contract value rule (named as the GX check names it), with examples."""
+    return Issue(table, column, f"fails {rule!r}", rows, example_values(values))
 
 
 def _to_string(s: pd.Series) -> pd.Series:
@@ -183,7 +273,7 @@ def coerce_frame(df: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, list[Iss
                     col.name,
                     f"not coercible to {col.kind.value}",
                     int(failed.sum()),
-                    _examples(bad),
+                    example_values(bad),
                 )
             )
         out[col.name] = coerced
@@ -197,7 +287,11 @@ def load_table(data_dir: Path, name: str) -> LoadedTable | None:
     if source is None:
         return None
     log.info("reading %s from %s", name, source)
-    raw = read_source(source)
+    files = source_files(name, source)
+    try:
+        raw = read_source(source, files)
+    except Exception as err:  # any failure to parse a file is a data problem, named
+        raise unreadable(name, source, files, err) from err
     frame, issues = coerce_frame(raw, table)
     return LoadedTable(table, frame, source, issues)
 

@@ -8,6 +8,7 @@ population, compute each family present, attach labels. The result is a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -17,17 +18,25 @@ import pandas as pd
 
 from features.calendar import observed_range, population, snapshot_dates
 from features.commercial import SEATS, commercial_features, commercial_features_meta
-from features.contract import T
+from features.contract import TABLES, T, run_bound
 from features.io import ContractError, Issue, find_source, load_table
 from features.labels import MRR_COLUMN, label_columns, label_frame
 from features.meta import Feature, by_name
 from features.outcomes import outcomes_features, outcomes_features_meta
+from features.rules import frame_issues
 from features.sentiment import sentiment_features, sentiment_features_meta
 from features.settings import FeatureParams
 from features.snapshots import KEY_COLUMNS, SnapshotTable
 from features.subscriptions import resolve_end_date_convention, to_inclusive
 from features.support import support_features, support_features_meta
-from features.usage import event_time_range, events_relation, usage_features, usage_features_meta
+from features.usage import (
+    event_time_range,
+    events_issues,
+    events_relation,
+    reading_events,
+    usage_features,
+    usage_features_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +54,48 @@ def feature_catalog(params: FeatureParams, tables: set[str]) -> list[Feature]:
     return feats
 
 
-def _load(data_dir: Path) -> tuple[dict[str, pd.DataFrame], Path]:
-    """Every present table except usage events (coerced), plus the events source path."""
+def _load(
+    data_dir: Path, bound: dt.datetime | None
+) -> tuple[dict[str, pd.DataFrame], Path | None, list[Issue]]:
+    """Every present table except usage events (coerced), the events source, and the issues."""
     if not Path(data_dir).is_dir():
         raise ContractError([Issue(str(data_dir), None, "data folder does not exist")])
     frames: dict[str, pd.DataFrame] = {}
     issues: list[Issue] = []
     for name in (T.ACCOUNTS, T.SUBSCRIPTIONS, T.SUPPORT_TICKETS, T.NPS_RESPONSES, T.OUTCOMES,
                  T.OUTCOME_MEASUREMENTS):  # fmt: skip
-        lt = load_table(data_dir, name)
+        try:
+            lt = load_table(data_dir, name)
+        except ContractError as err:  # unreadable or ambiguous: report it with the rest
+            issues += err.issues
+            continue
         if lt is None:
-            if name in (T.ACCOUNTS, T.SUBSCRIPTIONS):
+            if TABLES[name].required:
                 issues.append(Issue(name, None, "missing required table"))
             continue
-        issues += lt.issues
+        issues += lt.issues or frame_issues(lt.table, lt.frame, bound)
         frames[name] = lt.frame
-    events = find_source(data_dir, T.USAGE_EVENTS)
+    try:
+        events = find_source(data_dir, T.USAGE_EVENTS)
+    except ContractError as err:
+        return frames, None, issues + err.issues
     if events is None:
         issues.append(Issue(T.USAGE_EVENTS, None, "missing required table"))
-    if issues:
-        raise ContractError(issues)
-    return frames, events  # type: ignore[return-value]
+    return frames, events, issues
+
+
+def _open_events(
+    con: duckdb.DuckDBPyConnection, source: Path | None, bound: dt.datetime | None
+) -> list[Issue]:
+    """Register view `events` over the usage events and check them; the issues found."""
+    if source is None:
+        return []
+    try:
+        with reading_events(source):
+            events_relation(con, source)
+            return events_issues(con, bound)
+    except ContractError as err:
+        return err.issues
 
 
 def _timed(label: str, t0: float) -> float:
@@ -74,18 +104,27 @@ def _timed(label: str, t0: float) -> float:
     return now
 
 
-def build_snapshots(data_dir: Path, params: FeatureParams) -> SnapshotTable:
-    """One row per (account_id, as_of) for accounts active at as_of, features and labels."""
+def build_snapshots(
+    data_dir: Path, params: FeatureParams, run_date: dt.date | dt.datetime | None = None
+) -> SnapshotTable:
+    """One row per (account_id, as_of) for accounts active at as_of, features and labels.
+
+    Raises ContractError when the data break the contract; with `run_date`, any
+    timestamp after it (other than a `future_ok` one) is such a break.
+    """
     t = time.perf_counter()
     data_dir = Path(data_dir)
-    frames, events_src = _load(data_dir)
+    bound = run_bound(run_date) if run_date is not None else None
+    frames, events_src, issues = _load(data_dir, bound)
+    con = duckdb.connect()
+    issues += _open_events(con, events_src, bound)
+    if issues:
+        raise ContractError(issues)
     # Normalised once here: downstream, end_date is always the last day of service.
     convention, evidence = resolve_end_date_convention(
         frames[T.SUBSCRIPTIONS], params.end_date_convention
     )
     frames = {**frames, T.SUBSCRIPTIONS: to_inclusive(frames[T.SUBSCRIPTIONS], convention)}
-    con = duckdb.connect()
-    events_relation(con, events_src)
     ev_range = event_time_range(con)
     lo, hi = observed_range(frames)
     if ev_range is not None:
@@ -103,7 +142,10 @@ def build_snapshots(data_dir: Path, params: FeatureParams) -> SnapshotTable:
     parts = [grid, commercial_features(grid, subs, frames[T.ACCOUNTS])]
     seats = parts[1][SEATS]
     t = _timed("commercial", t)
-    parts.append(usage_features(events_src, grid, params.windows, params.key_event_types, con=con))
+    with reading_events(events_src):  # a part may turn out corrupt only now, when scanned
+        parts.append(
+            usage_features(events_src, grid, params.windows, params.key_event_types, con=con)
+        )
     t = _timed("usage (DuckDB)", t)
     if T.SUPPORT_TICKETS in frames:
         parts.append(support_features(grid, frames[T.SUPPORT_TICKETS], seats, params.windows))

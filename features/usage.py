@@ -12,15 +12,38 @@ at or before as_of is >= as_of - w).
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from features.contract import TABLES, Col, Kind, T
-from features.io import MAX_EXAMPLES, ContractError, Issue
+from features.contract import (
+    CONTROL_CHARACTERS,
+    MAX_ID_LENGTH,
+    TABLES,
+    Col,
+    Column,
+    Kind,
+    Rule,
+    T,
+    future_checked,
+    future_rule,
+)
+from features.io import (
+    MAX_EXAMPLES,
+    ContractError,
+    Issue,
+    example_values,
+    rule_issue,
+    source_files,
+    unreadable,
+)
 from features.meta import Family, Feature, Good
 from features.settings import Windows
 
@@ -90,24 +113,34 @@ def usage_features_meta(w: Windows, key_event_types: tuple[str, ...] = ()) -> li
     return feats
 
 
+def _literal(path: Path) -> str:
+    """`path` with DuckDB's glob characters bracketed, so that it names just that file."""
+    return re.sub(r"([\[*?])", r"[\1]", str(path))
+
+
+def _register_source(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame) -> str:
+    """Register the events source as view `events_src`; paths are bound, never pasted into SQL."""
+    if isinstance(source, pd.DataFrame):
+        con.register("events_src", source)
+        return "events_src"
+    path = Path(source)
+    files = [_literal(f) for f in source_files(T.USAGE_EVENTS, path)]
+    if path.suffix == ".csv":
+        rel = con.read_csv(files[0], all_varchar=True, header=True)
+    else:
+        rel = con.read_parquet(files)
+    rel.create_view("events_src", replace=True)
+    return "events_src"
+
+
 def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame) -> None:
     """Register view `events` over the source, typed per the contract."""
     table = TABLES[T.USAGE_EVENTS]
-    if isinstance(source, pd.DataFrame):
-        con.register("events_src", source)
-        src = "events_src"
-    else:
-        path = Path(source)
-        if path.suffix == ".csv":
-            src = f"read_csv('{path}', all_varchar = true, header = true)"
-        elif path.is_dir():
-            src = f"read_parquet('{path}/**/*.parquet')"
-        else:
-            src = f"read_parquet('{path}')"
     # Timestamps are naive UTC (as `features.io` reads them): text with an offset
     # ("...+02:00", "...Z") is converted, not truncated, and TIMESTAMPTZ sources are
     # read in UTC whatever the machine's time zone.
     con.execute("SET TimeZone = 'UTC'")
+    src = _register_source(con, source)
     rel = con.sql(f"SELECT * FROM {src} LIMIT 0")
     types = {name: str(t) for name, t in zip(rel.columns, rel.types, strict=True)}
     missing = [c.name for c in table.columns if c.name not in types and c.default is None]
@@ -128,6 +161,51 @@ def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame)
     con.execute(f"CREATE OR REPLACE TEMP VIEW events AS SELECT {', '.join(select)} FROM {src}")
 
 
+@contextlib.contextmanager
+def reading_events(source: Path | pd.DataFrame) -> Iterator[None]:
+    """Turn DuckDB's failure to read the events files into a ContractError naming the file."""
+    try:
+        yield
+    except (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException):
+        raise  # our SQL, not the data
+    except duckdb.Error as err:
+        if isinstance(source, pd.DataFrame):
+            raise
+        path = Path(source)
+        raise unreadable(T.USAGE_EVENTS, path, source_files(T.USAGE_EVENTS, path), err) from err
+
+
+def _rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, str, list]]:
+    """(rule, SQL condition of a violation, parameters) for each value rule of column `c`."""
+    q = f'"{c.name}"'
+    out: list[tuple[str, str, list]] = []
+    if c.must_be_finite:
+        out.append((Rule.FINITE, f"NOT isfinite({q})", []))
+    if c.identifier:
+        out.append((Rule.ID_LENGTH, f"length({q}) > ?", [MAX_ID_LENGTH]))
+        out.append((Rule.NO_CONTROL, f"regexp_matches({q}, ?)", [CONTROL_CHARACTERS]))
+    if bound is not None and future_checked(c):
+        out.append((future_rule(bound), f"{q} > ?", [bound]))
+    return out
+
+
+def events_issues(con: duckdb.DuckDBPyConnection, bound: dt.datetime | None) -> list[Issue]:
+    """Value-rule violations in view `events`, in one scan (`bound`: the run date's end)."""
+    rules = [(c, *r) for c in TABLES[T.USAGE_EVENTS].columns for r in _rule_conditions(c, bound)]
+    counts = ", ".join(["count(*)", *[f"count(*) FILTER (WHERE {sql})" for _, _, sql, _ in rules]])
+    params = [p for *_, ps in rules for p in ps]
+    total, *failing = con.execute(f"SELECT {counts} FROM events", params).fetchall()[0]
+    if not total:
+        return [rule_issue(T.USAGE_EVENTS, None, Rule.NOT_EMPTY)]
+    issues = []
+    for (c, rule, sql, ps), n in zip(rules, failing, strict=True):
+        if n:
+            sample = f'SELECT "{c.name}" FROM events WHERE {sql} LIMIT {MAX_EXAMPLES}'
+            values = [r[0] for r in con.execute(sample, ps).fetchall()]
+            issues.append(rule_issue(T.USAGE_EVENTS, c.name, rule, n, values))
+    return issues
+
+
 def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> None:
     """Values a cast turns into null are contract violations: report, never drop them."""
     # Only columns whose source type differs from the contract's need this extra scan.
@@ -137,7 +215,7 @@ def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list
         n = con.sql(f"SELECT count(*) FROM {src} WHERE {bad}").fetchall()[0][0]
         if n:
             rows = con.sql(f'SELECT "{c.name}" FROM {src} WHERE {bad} LIMIT {MAX_EXAMPLES}')
-            examples = tuple(str(r[0]) for r in rows.fetchall())
+            examples = example_values([r[0] for r in rows.fetchall()])
             issues.append(
                 Issue(T.USAGE_EVENTS, c.name, f"not coercible to {c.kind.value}", n, examples)
             )

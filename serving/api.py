@@ -19,6 +19,9 @@ Request bodies:
     lists them in ``missing_features``;
   - an unknown key is rejected, naming the key.
 
+Every request model forbids fields it does not define: a request naming another
+top-level field is answered 422 naming it (``loc: [field]``, type ``extra_forbidden``).
+
 Responses of both scoring endpoints: `ScoreResponse` ``{"results": [ScoreItem],
 "errors": [ItemError]}``; an unknown account fails its own item, not the request.
 `ModelInfo` describes the models behind the scores. Errors of a whole request are
@@ -74,6 +77,10 @@ class ScoreFeaturesRequest(_Model):
             "feature values keyed by name (see /model_info); absent features are missing."
         ),
     )
+
+
+class ModelInfoRequest(_Model):
+    """No parameters (an empty body or ``{}``)."""
 
 
 # ----- responses --------------------------------------------------------------------------

@@ -537,7 +537,8 @@ class HealthApp:
             for f in self.features
         ]  # fmt: skip
         limits = {"max_ids_per_request": self.limits.max_ids_per_request,
-                  "max_rows_per_request": self.limits.max_rows_per_request}  # fmt: skip
+                  "max_rows_per_request": self.limits.max_rows_per_request,
+                  "max_body_bytes": self.limits.body_limit()}  # fmt: skip
         return {"model_version": models.version, "models": targets, "features": features,
                 "limits": limits}  # fmt: skip
 

@@ -13,9 +13,13 @@ Everything else (the scoring endpoints, unknown paths) answers 401 with a JSON b
 compared in constant time (`hmac.compare_digest` on SHA-256 digests, so not even its
 length leaks) and is never logged or shown in a repr.
 
-`CSHEALTH_NO_AUTH=1` (set by ``cshealth serve --no-auth`` only) turns authentication off.
-With neither a key nor that flag `auth_from_env` raises `AuthConfigError`: the service
-refuses to start rather than serve scores to anyone.
+Only ``cshealth serve --no-auth`` turns authentication off. It starts the server with a
+fresh per-start id in `CSHEALTH_INSTANCE` and `CSHEALTH_NO_AUTH` set to
+`no_auth_marker(id)`; any other value of `CSHEALTH_NO_AUTH` (a leftover ``yes`` or ``1``
+in a shell) is refused, as is the marker together with a key (ambiguous), a blank key and
+neither key nor marker: `auth_from_env` raises `AuthConfigError` and the service does not
+start rather than serve scores to anyone. ``cshealth serve`` drops any inherited
+`CSHEALTH_NO_AUTH` before it starts the server.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cshealth.errors import one_line
+
 log = logging.getLogger(__name__)
+reject_log = logging.getLogger("cshealth.rejected")
 
 API_KEY_ENV = "CSHEALTH_API_KEY"
 NO_AUTH_ENV = "CSHEALTH_NO_AUTH"
@@ -46,11 +53,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class AuthConfigError(RuntimeError):
-    """Neither an API key nor an explicit opt-out: the service must not start."""
+    """No usable API key and no explicit opt-out: the service must not start."""
 
 
-def _truthy(text: str | None) -> bool:
-    return (text or "").strip().lower() in {"1", "true", "yes", "on"}
+#: the per-start id `cshealth serve` gives the server (echoed by `InstanceMiddleware`)
+INSTANCE_ENV = "CSHEALTH_INSTANCE"
+
+
+def no_auth_marker(instance: str) -> str:
+    """The `CSHEALTH_NO_AUTH` value meaning `cshealth serve --no-auth` for this start."""
+    return f"cshealth-serve-no-auth:{instance}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ class AuthSettings:
         if not self.disabled and not self.key:
             raise AuthConfigError(
                 f"refusing to start without an API key: set {API_KEY_ENV}, or disable "
-                f"authentication explicitly with `cshealth serve --no-auth` ({NO_AUTH_ENV}=1)"
+                "authentication explicitly with `cshealth serve --no-auth`"
             )
 
     def __repr__(self) -> str:
@@ -72,17 +84,36 @@ class AuthSettings:
 
 
 def auth_from_env(environ: Mapping[str, str] | None = None) -> AuthSettings:
-    """Settings from `CSHEALTH_API_KEY` / `CSHEALTH_NO_AUTH`; AuthConfigError when neither."""
+    """Settings from `CSHEALTH_API_KEY` / the `--no-auth` marker; AuthConfigError otherwise."""
     env = os.environ if environ is None else environ
-    key = (env.get(API_KEY_ENV) or "").strip() or None
-    if _truthy(env.get(NO_AUTH_ENV)):
-        if key:
-            log.warning("%s is set: authentication is disabled although %s is set",
-                        NO_AUTH_ENV, API_KEY_ENV)  # fmt: skip
-        else:
-            log.warning("%s is set: authentication is disabled", NO_AUTH_ENV)
-        return AuthSettings(None, disabled=True)
-    return AuthSettings(key)
+    raw_key = env.get(API_KEY_ENV)
+    if raw_key is not None and raw_key and not raw_key.strip():
+        raise AuthConfigError(f"{API_KEY_ENV} is blank (only whitespace): set a real key")
+    key = (raw_key or "").strip() or None
+    flag = env.get(NO_AUTH_ENV)
+    if not flag:
+        return AuthSettings(key)
+    instance = (env.get(INSTANCE_ENV) or "").strip()
+    if not instance or flag != no_auth_marker(instance):
+        # A leftover variable must never switch authentication off.
+        raise AuthConfigError(
+            f"{NO_AUTH_ENV} is set ({flag[:20]!r}) but only `cshealth serve --no-auth` can "
+            f"disable authentication: unset {NO_AUTH_ENV}"
+        )
+    if key:
+        raise AuthConfigError(
+            f"ambiguous: both {API_KEY_ENV} and the --no-auth marker are set; unset one"
+        )
+    log.warning("authentication is OFF (cshealth serve --no-auth): anyone who can reach "
+                "the port can score")  # fmt: skip
+    return AuthSettings(None, disabled=True)
+
+
+def log_rejected(scope: Scope, status: int, reason: str) -> None:
+    """One WARNING line per rejected request: method, path, status, reason (escaped, capped)."""
+    reject_log.warning("rejected %s %s: %d %s", scope.get("method", "WS"),
+                       one_line(scope.get("path", ""), 200), status,
+                       one_line(reason, 300))  # fmt: skip
 
 
 def _digest(value: bytes) -> bytes:
@@ -132,7 +163,7 @@ class BearerAuthMiddleware:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        log.info("401 %s %s: %s", scope.get("method", "WS"), scope.get("path"), problem)
+        log_rejected(scope, 401, problem)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

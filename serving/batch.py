@@ -48,16 +48,19 @@ def feature_payloads(rows: pd.DataFrame, names: list[str]) -> list[dict[str, Any
 
 
 def score_latest(
-    frame: pd.DataFrame, scorer: Scorer, store: ScoreStore, scored_at: dt.datetime
+    frame: pd.DataFrame, scorer: Scorer, store: ScoreStore, scored_at: dt.datetime | None = None
 ) -> dict[str, Any]:
-    """Score the newest snapshot, append it to the store; return a summary."""
+    """Score the newest snapshot, append it to the store; return a summary.
+
+    `scored_at` defaults to the time the store commits the run (after concurrent runs).
+    """
     t0 = time.perf_counter()
     rows = newest_rows(frame)
     items = scorer.score(rows)
     as_of = rows[Col.AS_OF].iloc[0]
     run = {
         "run_id": uuid.uuid4().hex,
-        "scored_at": scored_at.replace(tzinfo=None),
+        "scored_at": scored_at,  # made naive UTC and ordered by the store, under its lock
         "as_of": pd.Timestamp(as_of).date(),
         "churn_model_version": scorer.models.churn_version,
         "expansion_model_version": scorer.models.expansion_version,
@@ -68,6 +71,7 @@ def score_latest(
     summary = {
         "run_id": run["run_id"],
         "as_of": run["as_of"].isoformat(),
+        "scored_at": run["scored_at"].isoformat(),
         "accounts": n,
         "bands": dict(bands),
         "mean_health": round(sum(i["health_score"] for i in items) / max(n, 1), 1),

@@ -18,11 +18,21 @@ Endpoints (JSON in and out):
 Status codes: 200; 400 malformed JSON or a body not matching the schema (BentoML's
 validation: ``{"error", "detail": [{"loc", "msg", "type"}]}``, loc naming the field);
 401 missing or wrong API key; 413 more ids/rows than ``serving.max_ids_per_request`` /
-``max_rows_per_request``; 422 feature rows failing the models' metadata (loc
-``["rows", i, field]``); 503 while not loaded or when the store is unreachable.
+``max_rows_per_request``, or a body over ``serving.max_body_bytes`` (refused before it
+is read; `serving.middleware`); 422 a top-level field the endpoint does not take (loc
+``[field]``) or feature rows failing the models' metadata (loc ``["rows", i, field]``);
+503 while not loaded or when the store is unreachable. Each rejected request is logged
+as one WARNING line (method, path, status, reason; control characters escaped), never
+with a traceback or the client's input.
 
-Environment: `CSHEALTH_API_KEY` (required unless `CSHEALTH_NO_AUTH=1`: without either,
-importing this module raises `AuthConfigError` and ``bentoml serve`` exits at once),
+Hardening (see `serving.bentoml_patches`, `serving.middleware`, `serving.process`):
+the HTTP metrics are labelled by route (unknown paths share one label), the access log
+escapes control characters, answers carry ``X-CSHealth-Instance`` (the per-start id
+``cshealth serve`` checks readiness against), and the worker stops when its parent dies.
+
+Environment: `CSHEALTH_API_KEY` (required; a blank key is refused; only ``cshealth serve
+--no-auth`` can run without one, see `serving.auth`: otherwise importing this module
+prints one ``error:`` line and ``bentoml serve`` exits with status 2),
 `CSHEALTH_PARAMS`, `MLFLOW_TRACKING_URI`, `CSHEALTH_DB_URL` (see `HealthApp.from_env`),
 `CSHEALTH_WORKERS` (BentoML worker processes, default 1: on 2 cores one async worker
 with micro-batching serves more than two, see below),
@@ -31,7 +41,7 @@ retry this often; default 10), `CSHEALTH_BATCH_WAIT_MS` (extra wait to fill a ba
 default 0: batches form only from requests arriving while one is scored),
 `CSHEALTH_MICROBATCH=0` (no micro-batching: each request scored on its own in a thread;
 for comparison in the benchmark), `CSHEALTH_BENTOML_TIMER_FIX=0` (leave BentoML's timeout
-middleware as it is; see `_fix_bentoml_timeout_timer`).
+middleware as it is; see `serving.bentoml_patches.fix_timeout_timer`).
 
 Batching, measured (benchmarks/bench_serving.py, 2 cores, results/serving*.json): the
 `MicroBatcher` in `HealthApp` against one thread hop per request: single-account /score
@@ -48,21 +58,52 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from serving.api import AccountId, ModelInfo, ScoreResponse
-from serving.app import HealthApp, LoadError, NotReady, ServiceError
-from serving.auth import BearerAuthMiddleware, auth_from_env
+from cshealth.errors import one_line
+from serving import bentoml_patches as patches
+from serving.api import (
+    AccountId,
+    ModelInfo,
+    ModelInfoRequest,
+    ScoreFeaturesRequest,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serving.app import PARAMS_ENV, HealthApp, LoadError, NotReady, ServiceError
+from serving.auth import (
+    INSTANCE_ENV,
+    AuthConfigError,
+    AuthSettings,
+    BearerAuthMiddleware,
+    auth_from_env,
+    log_rejected,
+)
+from serving.middleware import BodyLimitMiddleware, InstanceMiddleware
+from serving.process import ParentWatchdog
+from serving.settings import ServingParams
 
 log = logging.getLogger("cshealth.service")
 
+
+def _auth_or_exit() -> AuthSettings:
+    """`auth_from_env`, or one `error:` line on stderr and exit 2 (no traceback)."""
+    try:
+        return auth_from_env()
+    except AuthConfigError as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 #: checked at import: `bentoml serve` exits with this error instead of serving unprotected
-AUTH = auth_from_env()
+AUTH = _auth_or_exit()
 WORKERS = int(os.environ.get("CSHEALTH_WORKERS") or 1)
 REQUEST_TIMEOUT_S = 30
 
@@ -81,58 +122,24 @@ FeatureRows = Annotated[
 _metrics: dict[str, Any] = {}
 
 
-def _fix_bentoml_timeout_timer() -> bool:
-    """Make BentoML's TimeoutMiddleware cancel its per-request timer when done.
-
-    In BentoML 1.4.39 the middleware schedules ``loop.call_later(timeout, ...)`` per
-    request and never cancels it, so every request's context (OpenTelemetry span,
-    futures, ~20 objects) stays alive for `timeout` seconds. Under load that is hundreds
-    of thousands of objects, and each full GC then stalls the worker for 100-200 ms
-    (p99 at 32 clients: ~200 ms with the leak). Same behaviour otherwise (504 on
-    timeout). Applied only to the version checked; returns whether it was applied.
-    """
-    from bentoml._internal.server.http import traffic
-
-    mw = traffic.TimeoutMiddleware
-    if getattr(mw, "_cshealth_fixed", False):
-        return True
-    if bentoml.__version__ != "1.4.39" or not hasattr(mw, "_set_timer_out"):
-        return False
-
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-        async def _send(message: Any) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-            await send(message)
-
-        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-        try:
-            await waiter
-        except TimeoutError:
-            if fut.cancel():
-                resp = JSONResponse(
-                    {"error": f"Not able to process the request in {self.timeout} seconds"},
-                    status_code=504,
-                )
-                await resp(scope, receive, send)
-        else:
-            await fut
-        finally:
-            timer.cancel()
-
-    mw.__call__ = __call__
-    mw._cshealth_fixed = True
-    return True
-
-
 if os.environ.get("CSHEALTH_BENTOML_TIMER_FIX", "1") != "0":
-    _fix_bentoml_timeout_timer()
+    patches.fix_timeout_timer()
+patches.escape_access_log()
+patches.quiet_client_errors()
+patches.unknown_fields_are_422()
+
+
+def _serving_params() -> ServingParams:
+    """The `serving:` parameters for the middlewares (defaults if the file is unusable:
+    the loader then reports the problem and readiness stays 503)."""
+    from cshealth.config import ConfigError, load_config
+
+    path = os.environ.get(PARAMS_ENV)
+    try:
+        return load_config(Path(path) if path else None).serving
+    except (ConfigError, OSError) as err:
+        log.warning("serving parameters: %s (using the defaults)", one_line(str(err)))
+        return ServingParams()
 
 
 def _prometheus() -> dict[str, Any]:
@@ -160,7 +167,9 @@ def _env_float(name: str, default: float) -> float:
     return float(text) if text else default
 
 
-def _error(err: ServiceError) -> JSONResponse:
+def _error(err: ServiceError, path: str) -> JSONResponse:
+    if err.status < 500:
+        log_rejected({"method": "POST", "path": path}, err.status, err.message)
     headers = {"Retry-After": "5"} if err.status == 503 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
@@ -175,6 +184,11 @@ class HealthService:
 
     def __init__(self) -> None:
         auth_from_env()  # the worker refuses too (defence in depth; see AUTH)
+        if AUTH.disabled:
+            log.warning("authentication is OFF (cshealth serve --no-auth): anyone who can "
+                        "reach the port can score")  # fmt: skip
+        # This runs in the worker: stop it when bentoml serve dies (see serving.process).
+        self._watchdog = ParentWatchdog().start()
         self.load_retry_s = _env_float("CSHEALTH_LOAD_RETRY_S", 10.0)
         self.batch_wait_s = _env_float("CSHEALTH_BATCH_WAIT_MS", 0.0) / 1000
         self.microbatch = os.environ.get("CSHEALTH_MICROBATCH", "1").strip() != "0"
@@ -223,7 +237,7 @@ class HealthService:
             raise NotReady(f"not ready: {self.load_error}")
         return app
 
-    @bentoml.api(route="/score")
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
     async def score(
         self,
         account_ids: AccountIds,
@@ -236,12 +250,12 @@ class HealthService:
             else:
                 res = await asyncio.to_thread(app.score_ids, account_ids)
         except ServiceError as err:
-            return _error(err)  # type: ignore[return-value]
+            return _error(err, "/score")  # type: ignore[return-value]
         if res.errors:
             _prometheus()["unknown"].inc(len(res.errors))
         return res
 
-    @bentoml.api(route="/score_features")
+    @bentoml.api(route="/score_features", input_spec=ScoreFeaturesRequest)
     async def score_features(
         self,
         rows: FeatureRows,
@@ -253,16 +267,20 @@ class HealthService:
                 return await app.ascore_rows(rows)
             return await asyncio.to_thread(app.score_rows, rows)
         except ServiceError as err:
-            return _error(err)  # type: ignore[return-value]
+            return _error(err, "/score_features")  # type: ignore[return-value]
 
-    @bentoml.api(route="/model_info")
+    @bentoml.api(route="/model_info", input_spec=ModelInfoRequest)
     async def model_info(self) -> ModelInfo:
         """The loaded champion models, their features and test metrics."""
         try:
             app = self._require()
         except ServiceError as err:
-            return _error(err)  # type: ignore[return-value]
+            return _error(err, "/model_info")  # type: ignore[return-value]
         return await asyncio.to_thread(app.model_info)
 
 
+patches.label_metrics_by_route(api.route for api in HealthService.apis.values())
+# outermost first: every answer names its instance; auth before the body is read
+HealthService.add_asgi_middleware(InstanceMiddleware, instance=os.environ.get(INSTANCE_ENV))
 HealthService.add_asgi_middleware(BearerAuthMiddleware, settings=AUTH)
+HealthService.add_asgi_middleware(BodyLimitMiddleware, limit=_serving_params().body_limit())

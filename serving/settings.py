@@ -32,5 +32,13 @@ class ServingParams(_Frozen):
 
     max_ids_per_request: int = Field(1000, ge=1)
     max_rows_per_request: int = Field(1000, ge=1)
+    #: largest request body accepted (413 beyond); None: derived from max_rows_per_request
+    max_body_bytes: int | None = Field(None, ge=1024)
     port: int = Field(3000, ge=1, le=65535)
     db_file: Path = Path("data/scores.db")  # default store when CSHEALTH_DB_URL is unset
+
+    def body_limit(self) -> int:
+        """`max_body_bytes`, or 1 MiB plus 4 KiB per row allowed (a row's JSON is ~1-2 KiB)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 2**20 + 4096 * self.max_rows_per_request

@@ -8,25 +8,50 @@ Tables:
   and what-if scoring; replaced by each run.
 
 A run is written in one transaction, so readers (several service replicas) see
-either the previous run or the complete new one, never half of it.
+either the previous run or the complete new one, never half of it. Writers are
+serialised: each write transaction first takes a store-wide lock (PostgreSQL: an
+advisory transaction lock per schema; SQLite: ``BEGIN IMMEDIATE``), then reads the
+newest run, so `health_change` always compares with the run committed just before,
+`scored_at` order is commit order and ``latest_features`` belongs to the newest run.
+
+A SQLite store file is created 0600 in folders created 0700 whatever the process umask
+(it holds customer data; `CSHEALTH_UMASK` opts out, see `cshealth.files`); SQLite gives
+its journal/WAL files the database file's mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from cshealth.errors import UserError
+from cshealth.files import private_dirs, private_file
+from features.contract import MAX_ID_LENGTH
+
 log = logging.getLogger(__name__)
 
 DB_URL_ENV = "CSHEALTH_DB_URL"
+#: seconds a writer waits for another one (SQLite busy timeout, PostgreSQL lock_timeout)
+DB_TIMEOUT_ENV = "CSHEALTH_DB_TIMEOUT"
+DEFAULT_DB_TIMEOUT_S = 60.0
+#: seconds to wait for a PostgreSQL server to accept the connection
+CONNECT_TIMEOUT_S = 10
+#: longest account id the store accepts: the data contract's identifier limit
+ACCOUNT_ID_MAX = MAX_ID_LENGTH
+#: first half of the PostgreSQL advisory-lock key of writers (the second is the schema)
+_PG_LOCK_KEY = 0x0C5EA17
+#: execution option asking the SQLite `begin` hook for `BEGIN IMMEDIATE`
+_IMMEDIATE = "cshealth_begin_immediate"
 
 metadata = sa.MetaData()
 
@@ -45,7 +70,7 @@ scores = sa.Table(
     "scores",
     metadata,
     sa.Column("run_id", sa.String(64), sa.ForeignKey("scoring_runs.run_id"), primary_key=True),
-    sa.Column("account_id", sa.String(128), primary_key=True),
+    sa.Column("account_id", sa.String(ACCOUNT_ID_MAX), primary_key=True),
     sa.Column("as_of", sa.Date, nullable=False),
     sa.Column("scored_at", sa.DateTime, nullable=False),
     sa.Column("churn_probability", sa.Float, nullable=False),
@@ -63,7 +88,7 @@ scores = sa.Table(
 latest_features = sa.Table(
     "latest_features",
     metadata,
-    sa.Column("account_id", sa.String(128), primary_key=True),
+    sa.Column("account_id", sa.String(ACCOUNT_ID_MAX), primary_key=True),
     sa.Column("as_of", sa.Date, nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("features", sa.JSON, nullable=False),
@@ -76,18 +101,122 @@ SCORE_FIELDS = (
 )  # fmt: skip
 
 
+class StoreError(UserError):
+    """The score store cannot be opened or written; the message says what to do."""
+
+
 def db_url(default_file: Path) -> str:
-    """`CSHEALTH_DB_URL`, or a SQLite file (created with its folder) by default."""
+    """`CSHEALTH_DB_URL`, or a SQLite file (its folder created 0700) by default."""
     url = os.environ.get(DB_URL_ENV)
     if url:
         return url
     default_file = Path(default_file)
-    default_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(default_file.parent)
     return f"sqlite:///{default_file}"
 
 
-def _redact(url: str) -> str:
+def db_timeout() -> float:
+    """`CSHEALTH_DB_TIMEOUT` in seconds (default 60): how long a writer waits for a lock."""
+    text = os.environ.get(DB_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_DB_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise StoreError(f"{DB_TIMEOUT_ENV}={text!r} is not a number of seconds such as 60")
+    return value
+
+
+def _redact(url: str | sa.URL) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _parse_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL; plain `postgresql://` / `postgres://` use psycopg (installed)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StoreError(
+            f"{DB_URL_ENV} is not a database URL such as sqlite:///data/scores.db or "
+            "postgresql://user@host:5432/db"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        # the writers' lock (and so the run order) is implemented for these two only
+        raise StoreError(
+            f"{DB_URL_ENV}: the score store runs on SQLite or PostgreSQL, not "
+            f"{parsed.get_backend_name()!r}; use sqlite:///path or postgresql://user@host/db"
+        )
+    return parsed
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The database file of a SQLite URL (None: in memory, a URI, or not SQLite)."""
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return None
+    return None if name.startswith("file:") else Path(name)
+
+
+def _make_engine(url: sa.URL, timeout: float) -> Engine:
+    """An engine whose errors never show bound values (they are account data)."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+    elif backend == "postgresql" and "connect_timeout" not in url.query:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except (sa.exc.NoSuchModuleError, ImportError) as err:
+        raise StoreError(
+            f"{DB_URL_ENV}: no database driver for {url.drivername!r} ({type(err).__name__}); "
+            "use sqlite:///path or postgresql://user@host/db"
+        ) from None
+    if backend == "sqlite":
+        _own_sqlite_transactions(engine)
+    return engine
+
+
+def _own_sqlite_transactions(engine: Engine) -> None:
+    """Emit BEGIN ourselves so that writers can ask for `BEGIN IMMEDIATE`.
+
+    pysqlite would begin lazily at the first write, after the reads of the previous
+    run: two writers could then both read the same "previous" run (SQLAlchemy recipe).
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _db_message(orig: BaseException | None) -> str:
+    """The driver's message in one line."""
+    return " ".join(line.strip() for line in str(orig).splitlines() if line.strip())
+
+
+def _safe_reason(err: sa.exc.DBAPIError) -> str:
+    """What went wrong without the values involved (PostgreSQL details quote them)."""
+    orig, diag = err.orig, getattr(err.orig, "diag", None)
+    if diag is None:  # sqlite3 names table.column, never values
+        return f"{type(orig).__name__}: {_db_message(orig)}"
+    # the statement text names the table; its values are bound parameters, never inlined
+    target = re.match(r"\s*(?:INSERT INTO|DELETE FROM|UPDATE)\s+(\w+)", err.statement or "")
+    parts = [f"{type(orig).__name__} (SQLSTATE {getattr(orig, 'sqlstate', None)})"]
+    for label, name in (("table", diag.table_name or (target and target[1])),
+                        ("column", diag.column_name),
+                        ("constraint", diag.constraint_name)):  # fmt: skip
+        if name:
+            parts.append(f"{label} {name}")
+    return ", ".join(parts)
 
 
 class ScoreStore:
@@ -96,22 +225,79 @@ class ScoreStore:
     def __init__(self, url: str, create: bool = True) -> None:
         """Open the store; with `create`, make missing tables (idempotent)."""
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False}
-        self.engine: Engine = sa.create_engine(url, **kwargs)
+        parsed = _parse_url(url)
+        self._shown = _redact(parsed)
+        self._password = parsed.password or ""
+        self.timeout = db_timeout()
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
+        path = _sqlite_file(parsed)
+        if path is not None:
+            if create:
+                private_dirs(path.parent)
+            if path.parent.is_dir():  # else SQLite reports the missing folder on use
+                private_file(path)
+        self.engine: Engine = _make_engine(parsed, self.timeout)
         if create:
             self.create()
 
     def __repr__(self) -> str:
-        return f"ScoreStore({_redact(self.url)})"
+        return f"ScoreStore({self._shown})"
 
     def create(self) -> None:
-        """Create the tables if they do not exist."""
-        metadata.create_all(self.engine)
+        """Create the tables if they do not exist (under the writers' lock)."""
+        with self._write("creating the tables") as conn:
+            metadata.create_all(conn)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # ----- errors and the writers' lock ----------------------------------------------
+    def _error(self, err: sa.exc.DBAPIError, what: str, opening: bool) -> StoreError:
+        """`err` as one actionable line naming the store, never a password or row values."""
+        orig = err.orig
+        sqlstate = str(getattr(orig, "sqlstate", None) or "")
+        text = _db_message(orig)
+        if "database is locked" in text or sqlstate == "55P03":
+            msg = (f"the score store {self._shown} stayed locked by another writer for more "
+                   f"than {self.timeout:g} s while {what}: wait for the other `cshealth score` "
+                   f"to finish and retry, or raise {DB_TIMEOUT_ENV} (seconds)")  # fmt: skip
+        elif opening or sqlstate[:2] in ("08", "28", "3D") or "unable to open" in text:
+            msg = (f"cannot open the score store {self._shown}: {text}; check {DB_URL_ENV} "
+                   "(or serving.db_file in params.yaml), that the folder or database exists "
+                   "and that the database server is running and reachable")  # fmt: skip
+        else:
+            msg = f"{what} in the score store {self._shown} failed: {_safe_reason(err)}"
+        if self._password:
+            msg = msg.replace(self._password, "***")
+        return StoreError(msg)
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sa.Connection]:
+        """A write transaction holding the store-wide writers' lock."""
+        opening = True
+        try:
+            with self.engine.connect() as conn:
+                opening = False
+                if self.is_postgres:
+                    # read committed: each statement after the lock sees the runs committed
+                    # while waiting for it (repeatable read would keep the older snapshot)
+                    conn.execution_options(isolation_level="READ COMMITTED")
+                else:
+                    conn.execution_options(**{_IMMEDIATE: True})
+                with conn.begin():
+                    if self.is_postgres:
+                        self._pg_lock(conn)
+                    yield conn
+        except sa.exc.DBAPIError as err:
+            raise self._error(err, what, opening) from None  # the chained error quotes row values
+
+    def _pg_lock(self, conn: sa.Connection) -> None:
+        """Take this schema's writers' lock; give up after the timeout."""
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(self.timeout * 1000)}")
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key, hashtext(coalesce(current_schema(), '')))"),
+            {"key": _PG_LOCK_KEY},
+        )
 
     # ----- writing ----------------------------------------------------------------
     def write_run(
@@ -122,11 +308,18 @@ class ScoreStore:
     ) -> int:
         """Append a run and its scores, fill `health_change`, replace latest features.
 
-        Returns the number of scores written. All or nothing: one transaction.
+        `run["scored_at"]` (naive UTC; None or absent: now) is set inside the lock to
+        after the newest stored run, so that run order is commit order. Returns the
+        number of scores written. All or nothing: one transaction.
         """
-        self.create()
-        with self.engine.begin() as conn:
-            previous = self._latest_health(conn, [i["account_id"] for i in items])
+        run_id = str(run["run_id"])
+        _check_ids(run_id, "scores", items)
+        _check_ids(run_id, "latest_features", features)
+        with self._write(f"writing run {run_id}") as conn:
+            metadata.create_all(conn)
+            newest = conn.execute(_newest_run()).first()
+            run["scored_at"] = _after(run.get("scored_at"), newest[1] if newest else None)
+            previous = _health(conn, newest[0]) if newest else {}
             rows = []
             for item in items:
                 prev = previous.get(item["account_id"])
@@ -134,7 +327,7 @@ class ScoreStore:
                 item["health_change"] = change
                 rows.append(
                     {**{k: item[k] for k in SCORE_FIELDS}, "as_of": _date(item["as_of"]),
-                     "run_id": run["run_id"], "scored_at": run["scored_at"]}
+                     "run_id": run_id, "scored_at": run["scored_at"]}
                 )  # fmt: skip
             conn.execute(
                 runs.insert(), [{**run, "as_of": _date(run["as_of"]), "accounts": len(rows)}]
@@ -146,18 +339,10 @@ class ScoreStore:
                 conn.execute(
                     latest_features.insert(),
                     [{"account_id": f["account_id"], "as_of": _date(f["as_of"]),
-                      "run_id": run["run_id"], "features": f["features"]} for f in features],
+                      "run_id": run_id, "features": f["features"]} for f in features],
                 )  # fmt: skip
-        log.info("store: run %s wrote %d scores to %r", run["run_id"], len(rows), self)
+        log.info("store: run %s wrote %d scores to %r", run_id, len(rows), self)
         return len(rows)
-
-    @staticmethod
-    def _latest_health(conn: sa.Connection, account_ids: list[str]) -> dict[str, float]:
-        last = _latest_run_id(conn)
-        if last is None:
-            return {}
-        q = sa.select(scores.c.account_id, scores.c.health_score).where(scores.c.run_id == last)
-        return {a: h for a, h in conn.execute(q)}
 
     # ----- reading ----------------------------------------------------------------
     def latest_run(self) -> dict[str, Any] | None:
@@ -221,9 +406,44 @@ class ScoreStore:
             return int(conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one())
 
 
+def _newest_run() -> sa.Select:
+    """The newest run's (run_id, scored_at): the one readers serve."""
+    order = (runs.c.scored_at.desc(), runs.c.run_id.desc())
+    return sa.select(runs.c.run_id, runs.c.scored_at).order_by(*order).limit(1)
+
+
 def _latest_run_id(conn: sa.Connection) -> str | None:
-    q = sa.select(runs.c.run_id).order_by(runs.c.scored_at.desc(), runs.c.run_id.desc()).limit(1)
-    return conn.execute(q).scalar()
+    return conn.execute(_newest_run()).scalar()
+
+
+def _health(conn: sa.Connection, run_id: str) -> dict[str, float]:
+    """Health score per account of one run."""
+    q = sa.select(scores.c.account_id, scores.c.health_score).where(scores.c.run_id == run_id)
+    return {a: h for a, h in conn.execute(q)}
+
+
+def _after(wanted: dt.datetime | None, newest: dt.datetime | None) -> dt.datetime:
+    """`wanted` (default now) as naive UTC, moved just after `newest` when not later."""
+    at = wanted or dt.datetime.now(dt.UTC)
+    if at.tzinfo is not None:
+        at = at.astimezone(dt.UTC).replace(tzinfo=None)
+    if newest is not None and at <= newest:
+        # another run committed since this one started: it is older, so this one goes after
+        log.info("store: scored_at %s moved after the newest run's %s", at, newest)
+        at = newest + dt.timedelta(microseconds=1)
+    return at
+
+
+def _check_ids(run_id: str, table: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Account ids must be text within the column size (SQLite would store anything)."""
+    for n, row in enumerate(rows):
+        a = row.get("account_id")
+        if not isinstance(a, str) or not 0 < len(a) <= ACCOUNT_ID_MAX:
+            size = len(a) if isinstance(a, str) else type(a).__name__
+            raise StoreError(
+                f"run {run_id}: {table}.account_id of row {n + 1} is not text of 1 to "
+                f"{ACCOUNT_ID_MAX} characters ({size}); fix the account ids in the data"
+            )
 
 
 def _date(value: Any) -> dt.date:

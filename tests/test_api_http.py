@@ -12,11 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import httpx
 import pytest
 
 from serving.app import HealthApp
+from tests.http_server import AUTH, KEY, READY_TIMEOUT_S, Server
+from tests.http_server import free_port as _free_port
 from tests.serving_data import (
     MAX_IDS,
     MAX_ROWS,
@@ -36,75 +37,6 @@ from tests.serving_data import (
 )
 
 pytestmark = pytest.mark.slow
-
-KEY = "test-key-7f3a"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-READY_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A `bentoml serve` subprocess in its own process group."""
-
-    env: dict[str, str]
-    log: Path
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
-    startup_s: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        bentoml = Path(sys.executable).with_name("bentoml")
-        t0 = time.monotonic()
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [str(bentoml), "serve", "serving.service:HealthService", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        while time.monotonic() - t0 < READY_TIMEOUT_S:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.startup_s = time.monotonic() - t0
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"server not ready in {READY_TIMEOUT_S} s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        except ProcessLookupError:
-            pass
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def post(self, path: str, body: Any = None, headers: dict | None = AUTH,
-             content: bytes | None = None) -> httpx.Response:  # fmt: skip
-        kw: dict[str, Any] = {"content": content} if content is not None else {"json": body}
-        return httpx.post(f"{self.url}{path}", headers=headers, timeout=30, **kw)
-
 
 @dataclass
 class State:

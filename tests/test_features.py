@@ -615,15 +615,14 @@ def test_windows_must_be_ordered() -> None:
         Windows(short=30, medium=30, long=90)
 
 
-def test_empty_usage_events(hand: SnapshotTable, tmp_path: Path) -> None:
+def test_empty_usage_events(tmp_path: Path) -> None:
+    """No events at all is a broken feed, not zero usage for every account (issue 10)."""
+    from features.io import ContractError
+
     frames = hb.tables()
     frames[T.USAGE_EVENTS] = frames[T.USAGE_EVENTS].iloc[:0]
-    snaps = build_snapshots(hb.write(frames, tmp_path / "raw"), hb.PARAMS)
-    f = snaps.frame
-    assert (f[["active_users_7d", "events_30d", "active_days_30d"]] == 0).all().all()
-    assert f["days_since_last_activity"].isna().all()
-    others = [c for c in f.columns if c not in family_columns(snaps, Family.USAGE)]
-    pd.testing.assert_frame_equal(f[others], hand.frame[others])
+    with pytest.raises(ContractError, match=r"usage_events: fails 'not empty'"):
+        build_snapshots(hb.write(frames, tmp_path / "raw"), hb.PARAMS)
 
 
 def test_bad_usage_events_are_a_contract_error_naming_the_column(tmp_path: Path) -> None:

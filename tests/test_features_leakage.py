@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.contract import Col, T
+from features.contract import TABLES, Col, T
 from features.pipeline import build_snapshots
 from features.settings import FeatureParams
 from features.snapshots import KEY_COLUMNS, SnapshotTable
@@ -172,6 +172,9 @@ def _apply(as_of: pd.Timestamp, records: list[tuple[str, dict]]) -> dict[str, pd
                 frames[table][col] = pd.to_datetime(frames[table][col]).astype("datetime64[us]")
         if table == T.SUPPORT_TICKETS:
             frames[table]["csat"] = frames[table]["csat"].astype("Int64")
+        key = list(TABLES[table].key)
+        if key:  # a record repeating a key breaks the contract: keep the first
+            frames[table] = frames[table].drop_duplicates(key, ignore_index=True)
     accounts = frames[T.ACCOUNTS]
     later_account = {
         "account_id": "N", "name": "Newco", "segment": "smb", "industry": "media",

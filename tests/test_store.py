@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from serving.health import band, component_points, health_score
 from serving.settings import HealthParams
-from serving.store import ScoreStore, db_url
+from serving.store import ScoreStore, StoreError, db_url
 
 PG_URL = os.environ.get("CSHEALTH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -100,7 +100,7 @@ def test_failed_write_leaves_nothing(store: ScoreStore) -> None:
     assert store.count_runs() == 1
     assert store.latest_scores(["A"])["A"]["health_score"] == 60.0
     dup = [_item("C", 50.0), _item("C", 40.0)]  # the database rejects a duplicate key
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(StoreError, match=r"writing run run3 .* failed: .*scores"):
         store.write_run(_run(3), dup, [])
     assert store.count_runs() == 1
 

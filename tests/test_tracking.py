@@ -9,6 +9,7 @@ one (v3, not promoted; promoted by hand and put back), then scoring.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -292,7 +293,7 @@ def test_worse_model_is_not_promoted_until_promoted_by_hand(store: Store) -> Non
 
     rc, out, _ = _run(["models"])
     assert rc == 0
-    listed = [x.split()[:3] for x in out.splitlines()[1:]]
+    listed = [x.split()[:3] for x in out.splitlines() if x.startswith("cshealth-")]
     assert listed == [["cshealth-churn", "1", "-"], ["cshealth-churn", "2", "champion"],
                       ["cshealth-churn", "3", "-"], ["cshealth-expansion", "1", "-"],
                       ["cshealth-expansion", "2", "champion"],
@@ -310,9 +311,18 @@ def test_worse_model_is_not_promoted_until_promoted_by_hand(store: Store) -> Non
     rc, _, err = _run(["promote", "9", "--model", "churn"])
     assert rc == 2 and "has no version 9 (versions: 1, 2, 3)" in err
     rc, out, _ = _run(["promote", "2"])  # both models, back to the second run
-    assert rc == 0 and "cshealth-churn: champion v3 -> v2" in out
-    assert "cshealth-expansion: champion v2 -> v2" in out
+    assert rc == 0 and "cshealth-churn: champion v3 -> v2 (run " in out
+    assert "cshealth-expansion: champion v2 -> v2 (run " in out
     assert tracking.load_champion("churn")[1] == 2
+    # `cshealth models` shows each version's run id and status, to copy into `promote`.
+    _, out, _ = _run(["models"])
+    run2 = c.get_model_version("cshealth-churn", "2").run_id
+    assert [run2, "FINISHED"] == next(x.split()[-2:] for x in out.splitlines()
+                                      if x.split()[:2] == ["cshealth-churn", "2"])  # fmt: skip
+    rc, out, _ = _run(["promote", mv.run_id])  # the third run: both of its models
+    assert rc == 0 and f"cshealth-expansion: champion v2 -> v3 (run {mv.run_id})" in out
+    rc, out, _ = _run(["promote", "--run", run2])
+    assert rc == 0 and "cshealth-churn: champion v3 -> v2" in out
 
 
 def test_missing_snapshots_and_unreachable_server_are_clear_errors(
@@ -324,6 +334,7 @@ def test_missing_snapshots_and_unreachable_server_are_clear_errors(
     for argv in (["models"], ["train", "--features", str(store.snapshots)]):
         rc, _, err = _run(argv)
         assert rc == 2 and "unreachable" in err and "MLFLOW_TRACKING_URI" in err
+        assert "http://127.0.0.1:9 " in err and len(err.strip().splitlines()) == 1
 
 
 # ----- the gate as a pure function ---------------------------------------------------------
@@ -378,6 +389,9 @@ def test_gate_against_the_champion_worse_is_refused() -> None:
         "stays v3"
     )
     assert d.promote_command() == "cshealth promote 4 --model churn"
+    assert d.run_command() is None  # a pure decision knows no run
+    run = "0123456789abcdef0123456789abcdef"
+    assert dataclasses.replace(d, run_id=run).run_command() == f"cshealth promote {run}"
     # within the tolerance but significantly worse: the interval lies below 0
     d = tracking.decide("churn", 4, 0.79, BASE, G, 3, _cmp(-0.005, -0.009, -0.001))
     assert not d.promoted and "champion stays v3" in d.reason

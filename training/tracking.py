@@ -20,7 +20,14 @@ champion, the challenger replaces it when it is not worse on the same backtest r
 the paired AUC difference is at least `-tolerance` and its 95 % interval reaches 0.
 When the two backtests share no rows, beating the best baseline decides. The floors
 `min_auc` / `max_ece` only warn. Decisions and warnings are kept as run and
-model-version tags.
+model-version tags. By hand, promotion addresses a training run (`promote_run`): its
+versions of every target move together, whatever their numbers.
+
+A run records the process that opened it (tags `cshealth.owner.*`); a later `cshealth
+train` or `cshealth models` marks FAILED the runs left RUNNING by a process that is gone.
+Credentials in an http(s) tracking URI move to MLflow's `MLFLOW_TRACKING_USERNAME` /
+`_PASSWORD`; no message shows a password. A SQLite store and a local artifact root
+created here are owner-only (`CSHEALTH_UMASK` opts out).
 
 mlflow is imported inside the functions (it takes about a second): importing
 this module is cheap and has no side effects.
@@ -29,12 +36,13 @@ this module is cheap and has no side effects.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -43,7 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cshealth.errors import redact
+from cshealth.files import file_sha256, private_dirs, private_file, restrict, restrict_tree
 from features.targets import TARGET_NAMES
+from training import owner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,6 +82,8 @@ MODEL_FOLDER = "health_model"
 _REPO = Path(__file__).resolve().parents[1]
 _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _TAG_LIMIT = 5000  # registry tag values are capped at 5000 characters
+#: what the connection check asks a server: needs the same credentials training will
+PROBE_PATH = "api/2.0/mlflow/experiments/get-by-name"
 
 
 class TrackingError(RuntimeError):
@@ -78,13 +91,59 @@ class TrackingError(RuntimeError):
 
 
 # ----- connection -------------------------------------------------------------------------
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
+
+
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`; relative SQLite paths made absolute."""
+    """`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`; relative SQLite paths made absolute.
+
+    Credentials in it (`http://user:password@host`) are first moved to MLflow's own
+    variables (see `_adopt_credentials`): the URI returned never holds a password.
+    """
+    _adopt_credentials()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     db = _sqlite_path(uri)
     if db is not None and not db.is_absolute():
         uri = f"sqlite:///{db.resolve()}"
     return uri
+
+
+def display_uri(uri: str | None = None) -> str:
+    """`uri` (default: the tracking URI) fit for messages and logs: any password as `***`."""
+    return redact(uri if uri is not None else tracking_uri())
+
+
+def _split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """An http(s) URI without `user:password@`, and the (unquoted) user and password."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri, None, None
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    password = unquote(parts.password) if parts.password is not None else None
+    return clean, unquote(parts.username or ""), password
+
+
+def _adopt_credentials() -> None:
+    """Move `user:password@` of MLFLOW_TRACKING_URI into MLFLOW_TRACKING_USERNAME / _PASSWORD.
+
+    MLflow 3 would send URL credentials (requests reads them) but also prints the URL,
+    password included, in its errors ("API request to http://user:pw@... failed"); the
+    two variables are its documented way to authenticate and appear in no message.
+    """
+    clean, user, password = _split_userinfo(os.environ.get("MLFLOW_TRACKING_URI") or "")
+    if user is None:
+        return
+    os.environ[USERNAME_ENV] = user
+    if password is not None:
+        os.environ[PASSWORD_ENV] = password
+    os.environ["MLFLOW_TRACKING_URI"] = clean
+    log.debug("mlflow: credentials for %s taken from MLFLOW_TRACKING_URI", clean)
 
 
 def experiment_name() -> str:
@@ -107,33 +166,77 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :].split("?", 1)[0])
 
 
+def _create_db(db: Path) -> None:
+    """Create the SQLite file (and missing folders) owner-only: it holds customer data."""
+    if str(db) == ":memory:" or db.exists():
+        return
+    try:
+        private_dirs(db.parent)
+        # SQLite gives its journal files the database's permissions
+        private_file(db)  # an empty file is an empty SQLite database; MLflow adds the tables
+    except OSError as err:
+        raise TrackingError(f"cannot create the MLflow database {db}: {err}") from err
+
+
 def check_connection(uri: str | None = None, timeout: float = 5.0) -> str:
-    """Fail fast (TrackingError) when the tracking store cannot be reached; returns the URI."""
+    """Fail fast (TrackingError) when the tracking store cannot be reached; returns the URI.
+
+    A SQLite store is created (owner-only) when absent; a server gets one authenticated
+    request, with the credentials of the URI or of MLflow's variables.
+    """
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
     if db is not None:
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingError(
-                f"cannot create the MLflow database folder {db.parent}: {err}"
-            ) from err
+        _create_db(db)
         return uri
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # something answers: let MLflow report what it thinks of it
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingError(
-                f"the MLflow tracking server {uri} is unreachable ({reason}); start it, or "
-                f"set MLFLOW_TRACKING_URI (unset, it defaults to {DEFAULT_URI})"
-            ) from err
+        _probe(uri, timeout)
     return uri
+
+
+def _auth_header(user: str | None, password: str | None) -> str | None:
+    """Basic auth from `user`/`password`, else MLflow's variables; else a bearer token."""
+    import base64
+
+    if user is None:
+        user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if user:
+        return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+    token = os.environ.get(TOKEN_ENV)
+    return f"Bearer {token}" if token else None
+
+
+def _probe(uri: str, timeout: float) -> None:
+    """GET a cheap authenticated endpoint: unreachable, or credentials refused -> TrackingError."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    clean, user, password = _split_userinfo(uri)
+    query = urllib.parse.urlencode({"experiment_name": experiment_name()})
+    req = urllib.request.Request(f"{clean.rstrip('/')}/{PROBE_PATH}?{query}")
+    auth = _auth_header(user, password)
+    if auth:
+        req.add_header("Authorization", auth)
+    shown = display_uri(uri)
+    try:
+        urllib.request.urlopen(req, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code not in (401, 403):
+            return  # it answers (404: no such experiment yet): MLflow takes it from here
+        what = ("rejected the credentials" if auth else "requires credentials") \
+            if err.code == 401 else "refused access"  # fmt: skip
+        raise TrackingError(
+            f"the MLflow tracking server {shown} {what} (HTTP {err.code}): set the user and "
+            f"password in {USERNAME_ENV} / {PASSWORD_ENV} (or as http://USER:PASSWORD@host in "
+            "MLFLOW_TRACKING_URI)"
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = redact(str(getattr(err, "reason", err)))
+        raise TrackingError(
+            f"the MLflow tracking server {shown} is unreachable ({reason}); start it, or "
+            f"set MLFLOW_TRACKING_URI (unset, it defaults to {DEFAULT_URI})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -145,10 +248,12 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         yield
     except MlflowException as err:
         raise TrackingError(
-            f"MLflow ({tracking_uri()}) failed while {what}: {err.message}"
+            f"MLflow ({display_uri()}) failed while {what}: {redact(str(err.message))}"
         ) from err
     except OSError as err:
-        raise TrackingError(f"MLflow ({tracking_uri()}) failed while {what}: {err}") from err
+        raise TrackingError(
+            f"MLflow ({display_uri()}) failed while {what}: {redact(str(err))}"
+        ) from err
 
 
 def client() -> MlflowClient:
@@ -174,7 +279,13 @@ def ensure_experiment(c: MlflowClient) -> str:
                 )
             return exp.experiment_id
         db = _sqlite_path(tracking_uri())
-        location = (db.parent / "mlartifacts").as_uri() if db is not None else None
+        location = None
+        if db is not None:
+            root = db.parent / "mlartifacts"
+            if not root.exists():
+                root.mkdir(parents=True, exist_ok=True)
+                restrict(root)  # models and backtests hold customer data
+            location = root.as_uri()
         return c.create_experiment(name, artifact_location=location)
 
 
@@ -204,14 +315,6 @@ def flatten_metrics(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str
                 if value is not None and math.isfinite(float(value)):
                     out[f"{target}.{name}.{metric}"] = float(value)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_commit(repo: Path = _REPO) -> tuple[str, bool | None]:
@@ -255,13 +358,18 @@ class Decision:
     reason: str
     champion_before: int | None = None
     warnings: tuple[str, ...] = ()
+    run_id: str | None = None  # the training run that registered the version
 
     def line(self) -> str:
         return f"{self.target}: {self.reason}"
 
     def promote_command(self) -> str:
-        """The exact command that makes this version champion by hand."""
+        """The exact command that makes this version (of this target only) champion by hand."""
         return f"cshealth promote {self.version} --model {self.target}"
+
+    def run_command(self) -> str | None:
+        """The command that makes every model of this version's training run champion."""
+        return f"cshealth promote {self.run_id}" if self.run_id else None
 
 
 def _fmt(x: float | None) -> str:
@@ -361,7 +469,12 @@ def compare_with_champion(
 
 
 def gate_new_versions(
-    c: MlflowClient, result: TrainResult, versions: dict[str, int], gates: Gates, seed: int = 0
+    c: MlflowClient,
+    result: TrainResult,
+    versions: dict[str, int],
+    gates: Gates,
+    seed: int = 0,
+    run_id: str | None = None,
 ) -> dict[str, Decision]:
     """Decide per target, move the alias for the winners, tag versions with the decision."""
     decisions = {}
@@ -381,6 +494,7 @@ def gate_new_versions(
         d = decide(target, version, tr.metrics["lightgbm"].get("roc_auc", math.nan),
                    tr.best_baseline(), gates, champion, comparison, incomparable,
                    tuple(tr.warnings))  # fmt: skip
+        d = dataclasses.replace(d, run_id=run_id)
         with _mlflow_errors(f"recording the {name} promotion decision"):
             if d.promoted:
                 c.set_registered_model_alias(name, CHAMPION, str(version))
@@ -396,6 +510,78 @@ def gate_new_versions(
         decisions[target] = d
         log.debug("%s", d.line())  # the CLI prints the decision
     return decisions
+
+
+# ----- runs left open by a killed process -------------------------------------------------
+#: run tags naming the process that opened a run (see `training.owner`)
+OWNER_TAGS = {k: f"cshealth.owner.{k}" for k in (owner.PID, owner.HOST, owner.NAMESPACE,
+                                                  owner.STARTED)}  # fmt: skip
+ABANDONED_TAG = "cshealth.abandoned"
+
+
+def _owner_tags() -> dict[str, str]:
+    return {OWNER_TAGS[k]: v for k, v in owner.identity().items()}
+
+
+def _run_owner(tags: dict[str, str]) -> dict[str, str]:
+    return {k: tags[tag] for k, tag in OWNER_TAGS.items() if tag in tags}
+
+
+def fail_abandoned_runs(c: MlflowClient | None = None) -> list[str]:
+    """Mark FAILED the experiment's runs left RUNNING by a process that is gone; their ids.
+
+    Only runs opened on this machine can be judged (pid, namespace and start time
+    recorded as tags when the run opened); a live concurrent run is left alone.
+    """
+    c = c or client()
+    with _mlflow_errors("looking for training runs left open"):
+        exp = c.get_experiment_by_name(experiment_name())
+        if exp is None:
+            return []
+        runs = c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'",
+                             max_results=1000)  # fmt: skip
+    failed = []
+    for run in runs:
+        who = _run_owner(run.data.tags)
+        if owner.alive(who) is not False:
+            continue
+        run_id = run.info.run_id
+        with _mlflow_errors(f"marking the abandoned run {run_id} FAILED"):
+            why = (f"process {who[owner.PID]} on {who[owner.HOST]} ended without closing the "
+                   f"run; marked FAILED by process {os.getpid()}")  # fmt: skip
+            c.set_tag(run_id, ABANDONED_TAG, why)
+            c.set_terminated(run_id, "FAILED")
+        started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
+        log.warning("mlflow: run %s (started %s by process %s, which is gone) was left "
+                    "RUNNING: marked FAILED", run_id, started.isoformat(timespec="seconds"),
+                    who[owner.PID])  # fmt: skip
+        failed.append(run_id)
+    if failed:  # a killed run never reached its own permission pass: do it for it
+        with _mlflow_errors("restricting the artifact permissions"):
+            root = _local(exp.artifact_location)
+            if root is not None:
+                restrict_tree(root)
+    return failed
+
+
+def _local(uri: str | None) -> Path | None:
+    """The folder of a `file:` artifact URI; None for remote stores."""
+    from urllib.parse import unquote, urlsplit
+
+    return Path(unquote(urlsplit(uri).path)) if uri and uri.startswith("file:") else None
+
+
+def _restrict_artifacts(c: MlflowClient, exp_id: str, run_id: str, model_ids: list[str]) -> None:
+    """Owner-only local artifacts of a run and its models (MLflow copies source modes)."""
+    root = _local(c.get_experiment(exp_id).artifact_location)
+    uris = [c.get_run(run_id).info.artifact_uri]
+    uris += [c.get_logged_model(m).artifact_location for m in model_ids]
+    for path in filter(None, map(_local, uris)):
+        restrict_tree(path.parent)  # .../<run or model id>/artifacts -> the id's folder
+        for folder in path.parent.parents:
+            if root is None or not folder.is_relative_to(root):
+                break
+            restrict(folder)
 
 
 # ----- one training run -------------------------------------------------------------------
@@ -500,14 +686,17 @@ def log_training(
     t0 = time.perf_counter()
     c = client()
     exp_id = ensure_experiment(c)
+    fail_abandoned_runs(c)
     commit, dirty = git_commit()
     sha = file_sha256(Path(snapshot_file))
     run_name = f"train-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     versions: dict[str, int] = {}
+    model_ids: list[str] = []
     newest = snaps.frame[snaps.frame[Col.AS_OF] == snaps.frame[Col.AS_OF].max()]
+    # The owner tags come with the run itself: a run killed at any moment can be judged.
     with (
         _mlflow_errors("logging the training run"),
-        mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run,
+        mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=_owner_tags()) as run,
     ):
         mlflow.set_tags({
             "git_commit": commit,
@@ -547,6 +736,7 @@ def log_training(
             _log_backtest(tr, target)
             version, model_id = _log_model(target, tr.model, newest)
             versions[target] = version
+            model_ids.append(model_id)
             lgbm = {f"backtest_{k}": v for k, v in tr.metrics["lightgbm"].items()
                     if isinstance(v, float) and math.isfinite(v)}  # fmt: skip
             mlflow.log_metrics(lgbm, model_id=model_id)
@@ -555,15 +745,17 @@ def log_training(
             c.update_model_version(registered_name(target), str(version),
                                    description=model_card(tr))  # fmt: skip
             log.info("mlflow: registered %s v%d", registered_name(target), version)
-        decisions = gate_new_versions(c, result, versions, gates, seed)
+        decisions = gate_new_versions(c, result, versions, gates, seed, run.info.run_id)
         for target, d in decisions.items():
             mlflow.set_tags({
                 f"promotion.{target}": "champion" if d.promoted else "rejected",
                 f"promotion.{target}.version": str(d.version),
                 f"promotion.{target}.reason": d.reason[:_TAG_LIMIT],
             })  # fmt: skip
+    with _mlflow_errors("restricting the artifact permissions"):
+        _restrict_artifacts(c, exp_id, run.info.run_id, model_ids)
     log.info("mlflow: done in %.1f s", time.perf_counter() - t0)
-    return RunRecord(run.info.run_id, exp_id, tracking_uri(), versions, decisions)
+    return RunRecord(run.info.run_id, exp_id, display_uri(), versions, decisions)
 
 
 # ----- loading ------------------------------------------------------------------------------
@@ -635,6 +827,13 @@ def list_models() -> list[dict]:
     """Every version of every target's model: name, version, aliases, run, backtest metrics."""
     c = client()
     rows = []
+    runs: dict[str, Any] = {}  # run id -> run, read once per run
+
+    def run_of(run_id: str) -> Any:
+        if run_id not in runs:
+            runs[run_id] = c.get_run(run_id)
+        return runs[run_id]
+
     with _mlflow_errors("listing registered models"):
         for target, name in REGISTERED_MODELS.items():
             versions = sorted(_versions(c, name), key=lambda v: int(v.version))
@@ -649,7 +848,7 @@ def list_models() -> list[dict]:
                 for k in ("roc_auc", "ece"):
                     text = tags.get(f"backtest_{k}")
                     if text is None and mv.run_id:
-                        run_metrics = c.get_run(mv.run_id).data.metrics
+                        run_metrics = run_of(mv.run_id).data.metrics
                         value = run_metrics.get(f"{target}.lightgbm.{k}", math.nan)
                     else:
                         value = float(text) if text not in (None, "nan") else math.nan
@@ -661,6 +860,7 @@ def list_models() -> list[dict]:
                     "version": int(mv.version),
                     "aliases": sorted(aliases.get(int(mv.version), [])),
                     "run_id": mv.run_id,
+                    "run_status": run_of(mv.run_id).info.status if mv.run_id else "",
                     "created": created.isoformat(timespec="seconds"),
                     "roc_auc": metrics["roc_auc"],
                     "ece": metrics["ece"],
@@ -678,7 +878,7 @@ def _require_version(c: MlflowClient, target: str, version: int) -> Any:
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise TrackingError(
-                f"MLflow failed while reading {name} v{version}: {err.message}"
+                f"MLflow failed while reading {name} v{version}: {redact(str(err.message))}"
             ) from err
         with _mlflow_errors(f"listing {name} versions"):
             have = sorted(int(v.version) for v in _versions(c, name))
@@ -686,26 +886,127 @@ def _require_version(c: MlflowClient, target: str, version: int) -> Any:
         raise ValueError(f"{name} has no version {version} (versions: {known})") from None
 
 
-def promote(target: str, version: int) -> int | None:
-    """Move `champion` of `target` to `version` by hand; returns the previous champion."""
-    c = client()
-    name = registered_name(target)
-    _require_version(c, target, version)
-    with _mlflow_errors(f"moving the {name} {CHAMPION} alias"):
-        before = _champion_version(c, name)
-        c.set_registered_model_alias(name, CHAMPION, str(int(version)))
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        c.set_model_version_tag(name, str(int(version)), "promoted_by_hand", now)
+def _move_aliases(c: MlflowClient, versions: dict[str, int]) -> dict[str, int | None]:
+    """Point each target's `champion` at its version; put back those moved if one fails."""
+    before: dict[str, int | None] = {}
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        for target, version in versions.items():
+            name = registered_name(target)
+            with _mlflow_errors(f"moving the {name} {CHAMPION} alias"):
+                before[target] = _champion_version(c, name)
+                c.set_registered_model_alias(name, CHAMPION, str(int(version)))
+                c.set_model_version_tag(name, str(int(version)), "promoted_by_hand", now)
+    except TrackingError:
+        for target, old in before.items():  # best effort: the error below says what failed
+            with contextlib.suppress(Exception):
+                name = registered_name(target)
+                if old is None:
+                    c.delete_registered_model_alias(name, CHAMPION)
+                else:
+                    c.set_registered_model_alias(name, CHAMPION, str(old))
+        raise
     return before
 
 
-def promote_pair(version: int) -> dict[str, int | None]:
-    """Promote `version` of both models; they must come from the same training run."""
+def promote(target: str, version: int) -> int | None:
+    """Move `champion` of `target` to `version` by hand; returns the previous champion."""
     c = client()
-    runs = {t: _require_version(c, t, version).run_id for t in REGISTERED_MODELS}
-    if len(set(runs.values())) != 1:
+    _require_version(c, target, version)
+    return _move_aliases(c, {target: int(version)})[target]
+
+
+#: a training run's id as `cshealth models` shows it, or its first 8+ characters
+RUN_REF = re.compile(r"[0-9a-f]{8,32}")
+
+
+@dataclass(frozen=True)
+class RunVersions:
+    """The versions one training run registered, per target, and how the run ended."""
+
+    run_id: str
+    status: str
+    versions: dict[str, int]
+
+    def problem(self, targets: list[str]) -> str | None:
+        """Why these versions must not be promoted as a set (None: they may)."""
+        have = ", ".join(f"{t} v{v}" for t, v in self.versions.items()) or "no model"
+        if self.status != "FINISHED":
+            return f"did not finish (status {self.status}; it registered {have})"
+        missing = [t for t in targets if t not in self.versions]
+        if missing:
+            return f"registered no {' or '.join(missing)} model (only {have})"
+        return None
+
+
+def run_versions(c: MlflowClient, ref: str) -> RunVersions:
+    """The versions registered by the run `ref` (its id, or a unique prefix of 8+ characters)."""
+    ref = ref.strip().lower()
+    if not RUN_REF.fullmatch(ref):
+        raise ValueError(f"{ref!r} is not a training run id (32 hexadecimal characters, or "
+                         "the first 8 or more; see `cshealth models`)")  # fmt: skip
+    found: dict[str, dict[str, int]] = {}
+    with _mlflow_errors("listing registered versions"):
+        for target, name in REGISTERED_MODELS.items():
+            for mv in _versions(c, name):
+                if mv.run_id and mv.run_id.startswith(ref):
+                    found.setdefault(mv.run_id, {})[target] = int(mv.version)
+    if not found:
+        raise ValueError(f"no registered model version comes from run {ref} "
+                         "(see `cshealth models`)")  # fmt: skip
+    if len(found) > 1:
+        raise ValueError(f"{ref} starts several run ids ({', '.join(sorted(found))}): "
+                         "give more characters")  # fmt: skip
+    run_id, versions = next(iter(found.items()))
+    with _mlflow_errors(f"reading run {run_id}"):
+        status = c.get_run(run_id).info.status
+    ordered = {t: versions[t] for t in REGISTERED_MODELS if t in versions}
+    return RunVersions(run_id, status, ordered)
+
+
+def promote_run(ref: str, targets: list[str] | None = None) -> tuple[RunVersions, dict]:
+    """Make the versions a finished training run registered champion, for every target.
+
+    Returns the run's versions and the previous champion per target moved.
+    """
+    c = client()
+    fail_abandoned_runs(c)
+    rv = run_versions(c, ref)
+    wanted = list(targets or REGISTERED_MODELS)
+    problem = rv.problem(wanted)
+    if problem:
+        raise ValueError(f"run {rv.run_id} {problem}: its models are not a set to promote; "
+                         "promote one version with `cshealth promote VERSION --model "
+                         "TARGET` (see `cshealth models`)")  # fmt: skip
+    return rv, _move_aliases(c, {t: rv.versions[t] for t in wanted})
+
+
+def pair_of_version(version: int) -> RunVersions:
+    """The training run behind version `version` of the first target, with all its versions.
+
+    `cshealth promote N` means that run: the other targets' numbers need not be N
+    (a run that died after registering one model put the numbering out of step).
+    """
+    c = client()
+    fail_abandoned_runs(c)
+    first = next(iter(REGISTERED_MODELS))
+    mv = _require_version(c, first, version)
+    name = registered_name(first)
+    if not mv.run_id:
+        raise ValueError(f"{name} v{version} comes from no training run: promote it alone "
+                         f"with `cshealth promote {version} --model {first}`")  # fmt: skip
+    rv = run_versions(c, mv.run_id)
+    problem = rv.problem(list(REGISTERED_MODELS))
+    if problem:
         raise ValueError(
-            f"version {version} of {' and '.join(REGISTERED_MODELS.values())} come from "
-            "different training runs: promote them one at a time with --model"
+            f"{name} v{version} comes from run {rv.run_id}, which {problem}: promote it alone "
+            f"with `cshealth promote {version} --model {first}`, or every model of a finished "
+            "run with `cshealth promote RUN_ID` (run ids: `cshealth models`)"
         )
-    return {t: promote(t, version) for t in REGISTERED_MODELS}
+    return rv
+
+
+def promote_pair(version: int) -> dict[str, int | None]:
+    """Promote every model of the run that registered `version` of the first target."""
+    rv = pair_of_version(version)
+    return promote_run(rv.run_id)[1]

@@ -1,0 +1,81 @@
+"""Owner-only files: scores, features, models and the MLflow store hold customer data.
+
+Everything cshealth creates is private by default (files 0600, folders 0700), whatever
+the umask of the process that happens to create it (the CLI, the BentoML worker, a
+notebook). `CSHEALTH_UMASK` (octal, e.g. ``022``) sets which permission bits are
+withheld instead; the CLI also runs with it as its umask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from cshealth.errors import UserError
+
+UMASK_ENV = "CSHEALTH_UMASK"
+DEFAULT_UMASK = 0o077
+
+
+def umask_setting() -> int:
+    """The permission bits cshealth withholds: `CSHEALTH_UMASK` (octal), default 077."""
+    text = os.environ.get(UMASK_ENV, "").strip()
+    try:
+        mask = int(text, 8) if text else DEFAULT_UMASK
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise UserError(f"{UMASK_ENV}={text!r} is not an octal umask such as 077 or 022")
+    return mask
+
+
+def restrict(path: Path) -> None:
+    """Withhold the masked permission bits from `path` (a file or folder; not followed)."""
+    mode = os.stat(path, follow_symlinks=False).st_mode & 0o7777
+    mask = umask_setting()
+    if mode & mask:
+        os.chmod(path, mode & ~mask)
+
+
+def restrict_tree(root: Path) -> None:
+    """`restrict` `root` and every folder and file under it (symlinks left alone)."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    restrict(root)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                restrict(path)
+
+
+def private_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents, private (existing folders are left alone)."""
+    missing = [p for p in [Path(folder), *Path(folder).parents] if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            p.mkdir()
+            restrict(p)  # mkdir's mode follows the process umask, not the setting
+
+
+def private_file(path: Path) -> bool:
+    """Create an empty private file unless it exists; whether it was created here."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    restrict(path)
+    return True
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
