@@ -282,7 +282,8 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         snaps = SnapshotTable.read(features)
         churn, v_churn = tracking.load_champion(CHURN.name)
         expansion, v_exp = tracking.load_champion(EXPANSION.name)
-        scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health)
+        scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health,
+                        cfg.explanations)
         summary = score_latest(snaps.frame, scorer, store)  # scored_at: at commit
     finally:
         store.close()
@@ -441,10 +442,10 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
 
     out = Path(args.out or cfg.report.out)
     snaps = SnapshotTable.read(Path(args.features or cfg.features.out))
+    # Names, segments and CSMs come from the store (recorded with the scoring run).
     data = collect(
-        ScoreStore(db_url(cfg.serving.db_file)), snaps.frame, cfg.data.raw_dir,
-        cfg.train.reports_dir, cfg.checks.reports_dir, cfg.checks.snapshot_report,
-        cfg.features.expansion_threshold,
+        ScoreStore(db_url(cfg.serving.db_file)), snaps.frame, cfg.train.reports_dir,
+        cfg.checks.reports_dir, cfg.checks.snapshot_report, cfg.features.expansion_threshold,
     )  # fmt: skip
     page = render(data)
     write_text(page, out)

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.settings import FeatureParams
-from serving.settings import HealthParams, ServingParams
+from serving.settings import ExplainParams, HealthParams, ServingParams
 from simulator import EndDateConvention, preset_names
 from training.baselines import RuleComponent
 from training.settings import TrainParams
@@ -75,6 +75,7 @@ class Config(_Frozen):
     train: TrainParams = TrainParams()
     rules: tuple[RuleComponent, ...] = DEFAULT_RULES
     health: HealthParams = HealthParams()
+    explanations: ExplainParams = ExplainParams()
     serving: ServingParams = ServingParams()
     report: ReportParams = ReportParams()
 

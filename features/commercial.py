@@ -14,40 +14,45 @@ import pandas as pd
 
 from features.calendar import covering, days_between, per_snapshot, records_before
 from features.contract import Col
-from features.meta import Family, Feature, Good
+from features.meta import Family, Feature, Good, Role
 
 SEATS = "seats"
 
 
 def commercial_features_meta() -> list[Feature]:
-    """The commercial features."""
-    c = Family.COMMERCIAL
+    """The commercial features (all context: they describe the account, a CSM cannot act)."""
+    c, ctx = Family.COMMERCIAL, Role.CONTEXT
     return [
         Feature("tenure_days", c, "Days since the account was created or first subscribed.",
-                "days", Good.HIGHER, "Customer for {value:.0f} days", min_value=0),
+                "days", Good.HIGHER, "Customer for {amount}", min_value=0, role=ctx,
+                label="days as a customer", noun="day"),
         Feature("mrr_usd", c, "Monthly recurring revenue on the day before as_of.", "USD/month",
-                Good.HIGHER, "MRR is ${value:,.0f}", min_value=0),
+                Good.HIGHER, "MRR is {value} a month", min_value=0, role=ctx, label="MRR"),
         Feature("mrr_change_90d", c, "Relative MRR change over the last 90 days.", "ratio",
-                Good.HIGHER, "MRR changed {value:+.0%} in 90 days", min_value=-1),
+                Good.HIGHER, "MRR {trend} over the last 90 days", min_value=-1, role=ctx,
+                label="MRR change over the last 90 days"),
         Feature(SEATS, c, "Licensed seats on the day before as_of.", "seats", Good.HIGHER,
-                "{value:.0f} licensed seats", min_value=0),
+                "{amount}", min_value=0, role=ctx, label="licensed seats", noun="licensed seat"),
         Feature("seat_change_90d", c, "Relative seat change over the last 90 days.", "ratio",
-                Good.HIGHER, "Seats changed {value:+.0%} in 90 days", min_value=-1),
+                Good.HIGHER, "Licensed seats {trend} over the last 90 days", min_value=-1,
+                role=ctx, label="seat change over the last 90 days"),
         Feature("days_to_renewal", c, "Days to the next anniversary of the first subscription.",
-                "days", Good.NEUTRAL, "Renewal in {value:.0f} days", min_value=0, max_value=366),
+                "days", Good.NEUTRAL, "Renewal in {amount}", min_value=0, max_value=366,
+                role=ctx, label="days to renewal", noun="day"),
         Feature("subscription_changes_365d", c, "Subscription rows started in the last year.",
-                "changes", Good.NEUTRAL, "{value:.0f} contract changes in the last year",
-                min_value=0),
+                "changes", Good.NEUTRAL, "{amount} in the last year", min_value=0, role=ctx,
+                label="contract changes in the last year", noun="contract change"),
         Feature("has_csm", c, "Whether a CSM is assigned (1) or the account is tech-touch (0).",
-                "flag", Good.NEUTRAL, "CSM assigned: {value:.0f}", min_value=0, max_value=1),
+                "flag", Good.NEUTRAL, "{A CSM is assigned|No CSM assigned (tech-touch)}",
+                min_value=0, max_value=1, role=ctx, label="CSM assigned"),
         Feature("plan", c, "Plan of the current subscription.", "category", Good.NEUTRAL,
-                "On the {value} plan", categorical=True),
+                "On the {value} plan", categorical=True, role=ctx, label="plan"),
         Feature("segment", c, "Go-to-market segment.", "category", Good.NEUTRAL,
-                "Segment: {value}", categorical=True),
+                "In the {value} segment", categorical=True, role=ctx, label="segment"),
         Feature("industry", c, "Industry vertical.", "category", Good.NEUTRAL,
-                "Industry: {value}", categorical=True),
+                "Industry: {value}", categorical=True, role=ctx, label="industry"),
         Feature("region", c, "Sales region.", "category", Good.NEUTRAL, "Region: {value}",
-                categorical=True),
+                categorical=True, role=ctx, label="region"),
     ]  # fmt: skip
 
 

@@ -21,20 +21,24 @@ def outcomes_features_meta() -> list[Feature]:
     o = Family.OUTCOMES
     return [
         Feature("active_goals", o, "Goals set and not yet due.", "goals", Good.HIGHER,
-                "{value:.0f} active customer goals", min_value=0),
+                "{amount} in progress", min_value=0, label="active customer goals",
+                noun="customer goal"),
         Feature("goals_on_track_share", o,
                 "Share of measured active goals whose progress keeps pace with time elapsed.",
-                "ratio", Good.HIGHER, "{value:.0%} of active goals are on track",
-                min_value=0, max_value=1),
+                "ratio", Good.HIGHER, "{value} of measured active goals are on track",
+                min_value=0, max_value=1, label="share of active goals on track"),
         Feature("goals_achieved_share", o, "Share of measured goals that reached target.",
-                "ratio", Good.HIGHER, "{value:.0%} of goals have reached their target",
-                min_value=0, max_value=1),
+                "ratio", Good.HIGHER, "{value} of measured goals have reached their target",
+                min_value=0, max_value=1, label="share of goals that reached their target"),
         Feature("overdue_unmet_goals", o, "Goals past due without reaching target.", "goals",
-                Good.LOWER, "{value:.0f} goals are overdue and unmet", min_value=0),
+                Good.LOWER, "{amount} {is|are} overdue and unmet", min_value=0,
+                label="overdue unmet goals", noun="customer goal"),
         Feature("mean_goal_progress", o, "Mean progress towards target of active goals.",
-                "ratio", Good.HIGHER, "Active goals are {value:.0%} of the way to target"),
+                "ratio", Good.HIGHER, "Active goals are on average {value} of the way to target",
+                label="mean progress of active goals"),
         Feature("days_since_last_measurement", o, "Days since any goal was last measured.",
-                "days", Good.LOWER, "Goals not measured for {value:.0f} days", min_value=0),
+                "days", Good.LOWER, "Goals not measured for {amount}", min_value=0,
+                label="days since a goal was last measured", noun="day"),
     ]  # fmt: skip
 
 

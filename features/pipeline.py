@@ -18,7 +18,7 @@ import pandas as pd
 
 from features.calendar import observed_range, population, snapshot_dates
 from features.commercial import SEATS, commercial_features, commercial_features_meta
-from features.contract import TABLES, T, run_bound
+from features.contract import TABLES, Col, T, run_bound
 from features.io import ContractError, Issue, find_source, load_table
 from features.labels import MRR_COLUMN, label_columns, label_frame
 from features.meta import Feature, by_name
@@ -26,7 +26,7 @@ from features.outcomes import outcomes_features, outcomes_features_meta
 from features.rules import frame_issues
 from features.sentiment import sentiment_features, sentiment_features_meta
 from features.settings import FeatureParams
-from features.snapshots import KEY_COLUMNS, SnapshotTable
+from features.snapshots import DESCRIPTOR_COLUMNS, KEY_COLUMNS, SnapshotTable
 from features.subscriptions import resolve_end_date_convention, to_inclusive
 from features.support import support_features, support_features_meta
 from features.usage import (
@@ -98,6 +98,15 @@ def _open_events(
         return err.issues
 
 
+def descriptors(grid: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
+    """Each grid row's account name and CSM (null: tech-touch), for the score store."""
+    info = accounts.drop_duplicates(Col.ACCOUNT_ID).set_index(Col.ACCOUNT_ID)
+    info = info.reindex(grid[Col.ACCOUNT_ID]).set_index(grid.index)
+    # "str": the dtype a Parquet round trip gives back (missing stays missing)
+    cols = {c: info[c].astype("str").where(info[c].notna()) for c in DESCRIPTOR_COLUMNS}
+    return pd.DataFrame(cols, index=grid.index)
+
+
 def _timed(label: str, t0: float) -> float:
     now = time.perf_counter()
     log.info("features: %s (%.1f s)", label, now - t0)
@@ -158,12 +167,14 @@ def build_snapshots(
     if {T.OUTCOMES, T.OUTCOME_MEASUREMENTS} <= frames.keys():
         parts.append(outcomes_features(grid, frames[T.OUTCOMES], frames[T.OUTCOME_MEASUREMENTS]))
         t = _timed("outcomes", t)
+    parts.append(descriptors(grid, frames[T.ACCOUNTS]))
     parts.append(label_frame(grid, subs, cutoff, params))
     _timed("labels", t)
     frame = pd.concat(parts, axis=1)
     feats = feature_catalog(params, set(frames) | {T.USAGE_EVENTS})
     labels = label_columns(params.horizon_days)
-    columns = [*KEY_COLUMNS, *[f.name for f in feats], MRR_COLUMN, *labels.values()]
+    columns = [*KEY_COLUMNS, *[f.name for f in feats], *DESCRIPTOR_COLUMNS, MRR_COLUMN,
+               *labels.values()]  # fmt: skip
     if list(frame.columns) != columns:
         raise AssertionError(f"feature columns disagree with the catalog: {list(frame.columns)}")
     return SnapshotTable(

@@ -6,7 +6,7 @@ import pandas as pd
 
 from features.calendar import days_between, per_snapshot, records_before
 from features.contract import Col
-from features.meta import Family, Feature, Good
+from features.meta import Family, Feature, Good, last_days
 
 PROMOTER_MIN = 9
 DETRACTOR_MAX = 6
@@ -16,32 +16,38 @@ def sentiment_features_meta(days: int) -> list[Feature]:
     """The sentiment features over the configured window."""
     s = Family.SENTIMENT
     half = days // 2
+    ld, lh = last_days(days), last_days(half)
     return [
         Feature("nps_last", s, "Score of the latest NPS response.", "score 0-10", Good.HIGHER,
-                "Latest NPS response scored {value:.0f} / 10", min_value=0, max_value=10),
+                "Latest NPS response scored {value}", min_value=0, max_value=10,
+                label="latest NPS score"),
         Feature(f"nps_mean_{days}d", s, f"Mean NPS score over {days} days.", "score 0-10",
-                Good.HIGHER, f"NPS responses average {{value:.1f}} / 10 over {days} days",
-                min_value=0, max_value=10),
+                Good.HIGHER, f"NPS responses average {{value}} over {ld}",
+                min_value=0, max_value=10, label=f"mean NPS score over {ld}", decimals=1),
         Feature(f"nps_{days}d", s, f"Net Promoter Score over {days} days (promoters - detractors).",
-                "NPS points", Good.HIGHER, "Net Promoter Score is {value:+.0f}",
-                min_value=-100, max_value=100),
+                "NPS points", Good.HIGHER, f"Net Promoter Score is {{value}} over {ld}",
+                min_value=-100, max_value=100, label=f"Net Promoter Score over {ld}"),
         Feature(f"detractor_share_{days}d", s, f"Share of detractors (0-6) over {days} days.",
-                "ratio", Good.LOWER, "{value:.0%} of survey respondents are detractors",
-                min_value=0, max_value=1),
+                "ratio", Good.LOWER, f"{{value}} of survey respondents in {ld} are detractors",
+                min_value=0, max_value=1, label=f"share of detractors over {ld}"),
         Feature(f"promoter_share_{days}d", s, f"Share of promoters (9-10) over {days} days.",
-                "ratio", Good.HIGHER, "{value:.0%} of survey respondents are promoters",
-                min_value=0, max_value=1),
+                "ratio", Good.HIGHER, f"{{value}} of survey respondents in {ld} are promoters",
+                min_value=0, max_value=1, label=f"share of promoters over {ld}"),
         Feature(f"nps_trend_{half}d", s,
                 f"Mean score of the last {half} days minus the {half} days before.", "points",
-                Good.HIGHER, f"NPS moved {{value:+.1f}} points over the last {half} days",
-                min_value=-10, max_value=10),
+                Good.HIGHER, f"Mean NPS score {{trend}} over {lh}",
+                min_value=-10, max_value=10, label=f"mean NPS score change over {lh}",
+                noun="point", decimals=1),
         Feature("days_since_last_nps", s, "Days since the latest NPS response.", "days",
-                Good.LOWER, "No NPS response for {value:.0f} days", min_value=0),
+                Good.LOWER, "No NPS response for {amount}", min_value=0,
+                label="days since the latest NPS response", noun="day"),
         Feature(f"nps_responses_{days}d", s, f"NPS responses over {days} days.", "responses",
-                Good.HIGHER, f"{{value:.0f}} NPS responses in {days} days", min_value=0),
+                Good.HIGHER, f"{{amount}} in {ld}", min_value=0,
+                label=f"NPS responses in {ld}", noun="NPS response"),
         Feature(f"nps_response_rate_{days}d", s,
                 f"Distinct respondents over {days} days per seat.", "ratio", Good.HIGHER,
-                "Only {value:.0%} of seats answered NPS surveys", min_value=0),
+                f"{{value}} of seats answered an NPS survey in {ld}", min_value=0,
+                label=f"NPS response rate per seat over {ld}"),
     ]  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from features.meta import Feature, from_dict, to_dict
 log = logging.getLogger(__name__)
 
 KEY_COLUMNS = (Col.ACCOUNT_ID, Col.AS_OF)
+#: who the account is, carried to the score store with each scoring run (not model inputs)
+DESCRIPTOR_COLUMNS = (Col.NAME, Col.CSM_ID)
 #: every key `write` puts in the metadata; a file lacking one is from an older version
 META_KEYS = (
     "cutoff", "rows", "as_of", "horizon_days", "labels", "mrr_column", "expansion_threshold",

@@ -6,7 +6,7 @@ import pandas as pd
 
 from features.calendar import days_between, per_snapshot, records_before
 from features.contract import Col, Priority
-from features.meta import Family, Feature, Good
+from features.meta import Family, Feature, Good, last_days
 from features.settings import Windows
 
 _SEVERE = (Priority.HIGH.value, Priority.URGENT.value)
@@ -15,33 +15,38 @@ _SEVERE = (Priority.HIGH.value, Priority.URGENT.value)
 def support_features_meta(w: Windows) -> list[Feature]:
     """The support features for the configured windows."""
     m, lg = w.medium, w.long
+    lm, ll = last_days(m), last_days(lg)
     s = Family.SUPPORT
     return [
         Feature(f"tickets_{m}d", s, f"Tickets opened in the last {m} days.", "tickets",
-                Good.NEUTRAL, f"{{value:.0f}} tickets opened in the last {m} days", min_value=0),
+                Good.NEUTRAL, f"{{amount}} opened in {lm}", min_value=0,
+                label=f"tickets opened in {lm}", noun="support ticket"),
         Feature(f"tickets_{lg}d", s, f"Tickets opened in the last {lg} days.", "tickets",
-                Good.NEUTRAL, f"{{value:.0f}} tickets opened in the last {lg} days", min_value=0),
+                Good.NEUTRAL, f"{{amount}} opened in {ll}", min_value=0,
+                label=f"tickets opened in {ll}", noun="support ticket"),
         Feature("open_tickets", s, "Tickets open at as_of (any age).", "tickets", Good.LOWER,
-                "{value:.0f} support tickets still open", min_value=0),
+                "{amount} still open", min_value=0, label="open tickets", noun="support ticket"),
         Feature(f"severe_ticket_share_{lg}d", s,
                 f"Share of high/urgent tickets among those opened in the last {lg} days.",
-                "ratio", Good.LOWER,
-                f"{{value:.0%}} of tickets in the last {lg} days were high or urgent",
-                min_value=0, max_value=1),
+                "ratio", Good.LOWER, f"{{value}} of tickets opened in {ll} were high or urgent",
+                min_value=0, max_value=1, label=f"share of high or urgent tickets in {ll}"),
         Feature(f"median_resolution_hours_{lg}d", s,
                 f"Median hours to resolve tickets opened in the last {lg} days.", "hours",
-                Good.LOWER, "Tickets took a median {value:.0f} hours to resolve", min_value=0),
+                Good.LOWER, f"Tickets opened in {ll} took a median {{amount}} to resolve",
+                min_value=0, label=f"median hours to resolve a ticket in {ll}", noun="hour"),
         Feature(f"escalations_{lg}d", s, f"Escalated tickets opened in the last {lg} days.",
-                "tickets", Good.LOWER, f"{{value:.0f}} escalations in the last {lg} days",
-                min_value=0),
+                "tickets", Good.LOWER, f"{{amount}} in {ll}", min_value=0,
+                label=f"escalated tickets in {ll}", noun="escalated ticket"),
         Feature(f"csat_mean_{lg}d", s, f"Mean CSAT of tickets opened in the last {lg} days.",
-                "score 1-5", Good.HIGHER, "Support satisfaction averages {value:.1f} / 5",
-                min_value=1, max_value=5),
+                "score 1-5", Good.HIGHER, f"CSAT averages {{value}} over {ll}",
+                min_value=1, max_value=5, label=f"mean CSAT over {ll}", decimals=1),
         Feature(f"tickets_per_seat_{lg}d", s, f"Tickets in the last {lg} days per seat.",
-                "tickets/seat", Good.NEUTRAL, f"{{value:.2f}} tickets per seat in {lg} days",
-                min_value=0),
+                "tickets/seat", Good.NEUTRAL, f"{{amount}} in {ll}", min_value=0,
+                label=f"tickets per seat in {ll}", noun="ticket per seat",
+                plural="tickets per seat", decimals=2),
         Feature("days_since_last_ticket", s, "Days since the last ticket was opened.", "days",
-                Good.NEUTRAL, "Last support ticket {value:.0f} days ago", min_value=0),
+                Good.NEUTRAL, "Last support ticket opened {amount} ago", min_value=0,
+                label="days since the last ticket", noun="day"),
     ]  # fmt: skip
 
 

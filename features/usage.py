@@ -44,7 +44,7 @@ from features.io import (
     source_files,
     unreadable,
 )
-from features.meta import Family, Feature, Good
+from features.meta import Family, Feature, Good, last_days
 from features.settings import Windows
 
 log = logging.getLogger(__name__)
@@ -62,51 +62,55 @@ _SQL_TYPE = {
 def usage_features_meta(w: Windows, key_event_types: tuple[str, ...] = ()) -> list[Feature]:
     """The usage features for the configured windows (key-feature share needs key types)."""
     s, m, lg = w.short, w.medium, w.long
+    ls, lm, ll = last_days(s), last_days(m), last_days(lg)
     u = Family.USAGE
     feats = [
         Feature(f"active_users_{s}d", u, f"Distinct users active in the last {s} days.",
-                "users", Good.HIGHER, f"{{value:.0f}} users active in the last {s} days",
-                min_value=0),
+                "users", Good.HIGHER, f"{{amount}} active in {ls}", min_value=0,
+                label=f"active users in {ls}", per_seat=True, noun="user"),
         Feature(f"active_users_{m}d", u, f"Distinct users active in the last {m} days.",
-                "users", Good.HIGHER, f"{{value:.0f}} users active in the last {m} days",
-                min_value=0),
+                "users", Good.HIGHER, f"{{amount}} active in {lm}", min_value=0,
+                label=f"active users in {lm}", per_seat=True, noun="user"),
         Feature(f"active_users_{lg}d", u, f"Distinct users active in the last {lg} days.",
-                "users", Good.HIGHER, f"{{value:.0f}} users active in the last {lg} days",
-                min_value=0),
+                "users", Good.HIGHER, f"{{amount}} active in {ll}", min_value=0,
+                label=f"active users in {ll}", per_seat=True, noun="user"),
         Feature(f"active_users_ratio_{m}d_{lg}d", u,
                 f"Users active in {m} days over users active in {lg} days (recency of the base).",
-                "ratio", Good.HIGHER,
-                f"Only {{value:.0%}} of the last {lg} days' users were active in the last {m}",
-                min_value=0, max_value=1),
+                "ratio", Good.HIGHER, f"{{value}} of the users active in {ll} were active in {lm}",
+                min_value=0, max_value=1,
+                label=f"share of users active in {ll} also active in {lm}"),
         Feature(f"events_{m}d", u, f"Usage events in the last {m} days.", "events",
-                Good.HIGHER, f"{{value:,.0f}} usage events in the last {m} days", min_value=0),
+                Good.HIGHER, f"{{amount}} in {lm}", min_value=0,
+                label=f"usage events in {lm}", noun="usage event"),
         Feature(f"events_per_active_user_{m}d", u,
                 f"Events per active user in the last {m} days.", "events/user", Good.HIGHER,
-                f"{{value:.1f}} events per active user in the last {m} days", min_value=0),
+                f"{{amount}} in {lm}", min_value=0, label=f"events per active user in {lm}",
+                noun="event per active user", plural="events per active user", decimals=1),
         Feature(f"active_days_{m}d", u, f"Days with any usage in the last {m} days.", "days",
-                Good.HIGHER, f"Product used on {{value:.0f}} of the last {m} days",
-                min_value=0, max_value=m),
+                Good.HIGHER, f"Product used on {{value}} of {lm}", min_value=0, max_value=m,
+                label=f"days with usage in {lm}", noun="day"),
         Feature(f"stickiness_dau_mau_{m}d", u,
                 f"Mean daily active users over users active in {m} days.", "ratio",
-                Good.HIGHER, "Daily/monthly stickiness is {value:.0%}",
-                min_value=0, max_value=1),
+                Good.HIGHER, f"Daily active users average {{value}} of the users active in {lm}",
+                min_value=0, max_value=1, label=f"DAU/MAU stickiness over {lm}"),
         Feature(f"event_types_{m}d", u, f"Distinct event types used in the last {m} days.",
-                "types", Good.HIGHER, f"{{value:.0f}} product areas used in the last {m} days",
-                min_value=0),
+                "types", Good.HIGHER, f"{{amount}} used in {lm}", min_value=0,
+                label=f"product areas used in {lm}", noun="product area"),
         Feature(f"key_feature_user_share_{m}d", u,
                 f"Share of active users who used a key feature in the last {m} days.", "ratio",
-                Good.HIGHER, "{value:.0%} of active users use key features",
-                min_value=0, max_value=1),
+                Good.HIGHER, f"{{value}} of active users used a key feature in {lm}",
+                min_value=0, max_value=1, label=f"share of active users on key features in {lm}"),
         Feature(f"events_trend_{m}d", u,
                 f"Relative change of events, last {m} days vs the {m} days before.", "ratio",
-                Good.HIGHER, f"Usage changed {{value:+.0%}} over the last {m} days",
-                min_value=-1),
+                Good.HIGHER, f"Usage {{trend}} over {lm}", min_value=-1,
+                label=f"usage change over {lm}"),
         Feature(f"user_days_trend_{m}d", u,
                 f"Relative change of user-days, last {m} days vs the {m} days before.", "ratio",
-                Good.HIGHER, f"Active user-days changed {{value:+.0%}} over the last {m} days",
-                min_value=-1),
+                Good.HIGHER, f"Active user-days {{trend}} over {lm}", min_value=-1,
+                label=f"active user-days change over {lm}"),
         Feature("days_since_last_activity", u, "Days since the last day with usage.", "days",
-                Good.LOWER, "No product usage for {value:.0f} days", min_value=1),
+                Good.LOWER, "No product usage for {amount}", min_value=1,
+                label="days since the last product usage", noun="day"),
     ]  # fmt: skip
     if not key_event_types:
         feats = [f for f in feats if not f.name.startswith("key_feature_user_share")]

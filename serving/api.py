@@ -24,7 +24,16 @@ top-level field is answered 422 naming it (``loc: [field]``, type ``extra_forbid
 
 Responses of both scoring endpoints: `ScoreResponse` ``{"results": [ScoreItem],
 "errors": [ItemError]}``; an unknown account fails its own item, not the request.
-`ModelInfo` describes the models behind the scores. Errors of a whole request are
+A `ScoreItem` carries the account's descriptors (name, segment, CSM), its
+probabilities, health and band, and the explanation a CSM acts on: `reasons` (actionable
+features raising churn risk, each with the peer group's typical value), `expansion_reasons`,
+`context` (what the account cannot change), `plays` and `changes` since the previous
+scoring. Keys added after the first release have defaults, and null lists of rows
+written by an older version read as ``[]``.
+
+The GET endpoints answer `AccountList` (a page of the newest run's accounts) and
+`AccountHistory` (every scoring of one account). `ModelInfo` describes the models
+behind the scores. Errors of a whole request are
 `ErrorBody` ``{"error": "...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}``
 (the shape of BentoML's own validation errors); a 401 is ``{"detail": "..."}``.
 """
@@ -35,7 +44,15 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, with_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from features.meta import Feature
@@ -84,20 +101,92 @@ class ModelInfoRequest(_Model):
 
 
 # ----- responses --------------------------------------------------------------------------
-class Reason(_Model):
-    """One of the top reasons behind a churn score, with the account's own value."""
+Value = float | str | None
 
-    feature: str
-    family: str
-    value: float | str | None = Field(description="The account's value (null: missing).")
-    impact: float = Field(description="SHAP contribution to the churn log-odds (> 0: riskier).")
-    sentence: str
+#: the list fields an older store (written before these keys existed) holds as null
+_LIST_FIELDS = ("reasons", "expansion_reasons", "context", "plays", "missing_features")
+
+
+class Reason(_Model):
+    """A feature the account can act on, with its value and what its peers look like."""
+
+    feature: str = Field(description="Feature name (see /model_info).")
+    family: str = Field(description="Feature family: usage, support, sentiment, ...")
+    value: Value = Field(description="The account's value (null: missing).")
+    impact: float = Field(
+        description="SHAP contribution to the log-odds (churn reasons: > 0 raises churn "
+        "risk; expansion reasons: > 0 raises the expansion probability)."
+    )
+    sentence: str = Field(description="The account's value and how its peers compare.")
+    peer_value: Value = Field(
+        None, description="Typical value of the peer group, in the account's units (null: "
+        "no peer table)."
+    )  # fmt: skip
+    peer_group: str | None = Field(
+        None, description='The peers compared with, e.g. "healthy mid-market accounts".'
+    )
+
+
+class ContextItem(_Model):
+    """A feature the account cannot act on (size, tenure, ...) that moves its score."""
+
+    feature: str = Field(description="Feature name (see /model_info).")
+    family: str = Field(description="Feature family.")
+    value: Value = Field(description="The account's value (null: missing).")
+    impact: float = Field(description="SHAP contribution to the churn log-odds (either sign).")
+    sentence: str = Field(description="The value in words.")
+
+
+class Play(_Model):
+    """A recommended customer-success play addressing some of the churn reasons."""
+
+    play: str = Field(description="Short name of the play.")
+    description: str = Field(description="What the CSM does.")
+    impact: float = Field(
+        description="Churn risk (log-odds) of the reasons the play addresses (> 0)."
+    )
+    features: list[str] = Field(description="The reason features the play addresses.")
+
+
+class FeatureChange(_Model):
+    """How one feature moved since the previous scoring, and what it did to the risk."""
+
+    feature: str = Field(description="Feature name.")
+    before: Value = Field(description="Value at the previous scoring.")
+    after: Value = Field(description="Value now.")
+    impact: float = Field(
+        description="Change of the feature's churn contribution (log-odds; > 0 raised risk)."
+    )
+    sentence: str = Field(description="The change in words.")
+
+
+class Changes(_Model):
+    """What changed since the account's previous scoring."""
+
+    previous_run_id: str = Field(description="The previous scoring run.")
+    previous_as_of: dt.date | None = Field(description="Snapshot date of the previous scoring.")
+    health_before: float = Field(description="Health at the previous scoring.")
+    health_after: float = Field(description="Health now.")
+    band_before: str = Field(description="Band at the previous scoring (red, yellow, green).")
+    sentence: str = Field(
+        description='E.g. "Health 72 → 48: active users in the last 30 days fell from 31 '
+        'to 12; open tickets rose from 0 to 2".'
+    )
+    components: dict[str, float] = Field(
+        default_factory=dict, description="Change of health points per feature family."
+    )
+    features: list[FeatureChange] = Field(
+        default_factory=list, description="The features that moved the risk most (at most 3)."
+    )
 
 
 class ScoreItem(_Model):
     """Scores and explanation of one account (or one feature row)."""
 
     account_id: str
+    name: str | None = Field(None, description="Account name (from the scoring run's snapshot).")
+    segment: str | None = Field(None, description="Segment, e.g. smb, mid_market, enterprise.")
+    csm_id: str | None = Field(None, description="The account's customer-success manager.")
     as_of: dt.date | None = Field(description="Snapshot date the features describe.")
     churn_probability: float = Field(ge=0, le=1)
     expansion_probability: float = Field(ge=0, le=1)
@@ -111,14 +200,40 @@ class ScoreItem(_Model):
         description="Health points per feature family; they sum to health minus the "
         "health of an average account."
     )
-    reasons: list[Reason]
+    reasons: list[Reason] = Field(
+        default_factory=list,
+        description="Actionable features raising churn risk, largest first "
+        "(at most explanations.top_reasons).",
+    )
+    expansion_reasons: list[Reason] = Field(
+        default_factory=list,
+        description="Actionable features raising the expansion probability, largest first.",
+    )
+    context: list[ContextItem] = Field(
+        default_factory=list,
+        description="Features the account cannot act on with the largest effect on churn "
+        "risk (at most explanations.top_context).",
+    )
+    plays: list[Play] = Field(
+        default_factory=list, description="Recommended plays, largest churn risk addressed first."
+    )
+    changes: Changes | None = Field(
+        None, description="What changed since the previous scoring (null: first scoring of "
+        "the account, or an explicit feature row)."
+    )  # fmt: skip
     model_version: dict[str, str] = Field(
         description='Registry versions that produced the score, e.g. {"churn": "3", '
         '"expansion": "2"}.'
     )
     missing_features: list[str] = Field(
-        description="Features the model saw as missing (absent, null or an unknown category)."
+        default_factory=list,
+        description="Features the model saw as missing (absent, null or an unknown category).",
     )
+
+    @field_validator(*_LIST_FIELDS, mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return [] if v is None else v
 
 
 class ItemError(_Model):
@@ -142,8 +257,55 @@ class ErrorDetail(_Model):
 class ErrorBody(_Model):
     """A whole request failed (4xx, or 503 while the service cannot score)."""
 
-    error: str
-    detail: list[ErrorDetail] = Field(default_factory=list)
+    error: str = Field(description="What went wrong, in one line.")
+    detail: list[ErrorDetail] = Field(
+        default_factory=list, description="Per field: where (loc), what (msg) and its type."
+    )
+
+
+class Unauthorized(_Model):
+    """401: no, a malformed or a wrong API key (``Authorization: Bearer <key>``)."""
+
+    detail: str = Field(description="Why the request was refused.")
+
+
+class HistoryEntry(_Model):
+    """One scoring of the account."""
+
+    run_id: str = Field(description="The scoring run.")
+    scored_at: str = Field(description="When the run was written (UTC, ISO 8601).")
+    as_of: dt.date | None = Field(description="Snapshot date the features describe.")
+    health_score: float = Field(description="Health 0-100.")
+    band: Literal["red", "yellow", "green"]
+    churn_probability: float
+    expansion_probability: float
+    health_change: float | None = Field(description="Change since the previous scoring.")
+    reasons: list[Reason] = Field(
+        default_factory=list, description="The churn reasons of that scoring."
+    )
+
+    @field_validator("reasons", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+
+class AccountHistory(_Model):
+    """Every stored scoring of one account, oldest first."""
+
+    account_id: str
+    runs: list[HistoryEntry]
+
+
+class AccountList(_Model):
+    """A page of the newest scoring run's accounts, lowest health first."""
+
+    run_id: str = Field(description="The scoring run listed (the newest).")
+    as_of: dt.date | None = Field(description="Its snapshot date.")
+    total: int = Field(description="Accounts matching the filters.")
+    limit: int = Field(description="Page size asked for.")
+    offset: int = Field(description="Accounts skipped.")
+    results: list[ScoreItem]
 
 
 class FeatureInfo(_Model):

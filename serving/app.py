@@ -11,10 +11,19 @@ limits, and answers the three API calls:
   external systems); rows are validated against the models' feature metadata
   (`serving.api.row_adapter`); ``health_change`` is null (no previous scoring).
 * `model_info()`: versions, training time, backtest metrics, features, newest store run.
+* `account_history(id)`, `list_accounts(csm_id, band, segment, limit, offset)` and
+  `explanation_svg(id)`: the GET endpoints (a CSM's accounts, one account's scorings
+  oldest first, the waterfall picture of its latest health); 404 (`NotFound`) for an
+  account without a stored score.
+
+`score_rows` compares reasons with the newest run's peer table (`current_peers`, read
+again at most every 30 s), so that a stored account rescored from its features gets the
+sentences the batch run gave it.
 
 Errors of a whole request are `ServiceError`s carrying their HTTP status: 422 invalid
 input (naming the field, for rows ``["rows", <index>, <field>]``), 413 beyond
-`max_ids_per_request` / `max_rows_per_request`, 503 when the store is unreachable or
+`max_ids_per_request` / `max_rows_per_request` (also a page's `limit`), 404 unknown
+account (GET calls), 503 when the store is unreachable or
 the app is not loaded. Nothing else escapes as an exception from the scoring calls.
 
 Concurrency: the async variants (`ascore_ids`, `ascore_rows`) go through a
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -48,13 +58,18 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from features.contract import Col
 from features.meta import Feature
 from features.targets import CHURN, EXPANSION, TARGET_NAMES
 from serving.api import (
+    MAX_ID_LENGTH,
+    AccountHistory,
+    AccountId,
+    AccountList,
     FeatureInfo,
+    HistoryEntry,
     ItemError,
     ModelInfo,
     ScoreItem,
@@ -74,6 +89,16 @@ log = logging.getLogger(__name__)
 
 PARAMS_ENV = "CSHEALTH_PARAMS"
 TARGETS = TARGET_NAMES
+#: the bands `list_accounts` filters on
+BANDS = ("red", "yellow", "green")
+#: page size of `list_accounts` when none is given (capped at max_ids_per_request)
+DEFAULT_PAGE = 100
+#: the largest `list_accounts` offset (the store's OFFSET is a 32/64-bit integer)
+MAX_OFFSET = 10**9
+#: how often `current_peers` looks for a newer scoring run (seconds)
+PEERS_REFRESH_S = 30.0
+
+_ACCOUNT_ID: TypeAdapter[str] = TypeAdapter(AccountId)
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -108,6 +133,12 @@ class NotReady(ServiceError):
     """Models or store not loaded (yet), or the store unreachable."""
 
     status = 503
+
+
+class NotFound(ServiceError):
+    """The account has no stored score."""
+
+    status = 404
 
 
 class LoadError(RuntimeError):
@@ -288,6 +319,8 @@ class HealthApp:
         self._rows = row_adapter(self.features)
         self._model_meta = model_meta or {}
         self._static_info = self._build_info()
+        #: (monotonic time read, run_id, peers) of `current_peers`
+        self._peers: tuple[float, str | None, Any] | None = None
         self.id_batcher: MicroBatcher[list[str], ScoreResponse] = MicroBatcher(
             self.score_ids_batch, size=_count, max_items=self.limits.max_ids_per_request,
             max_wait_s=batch_wait_s, name="ids",
@@ -331,8 +364,11 @@ class HealthApp:
         try:
             for row in tracking.list_models():
                 if str(row["version"]) == loaded[row["target"]][1]:
-                    meta[row["target"]] = {"registered_name": row["name"],
-                                           "trained_at": row["created"], "run_id": row["run_id"]}
+                    meta[row["target"]] = {
+                        "registered_name": row["name"],
+                        "trained_at": row["created"],
+                        "run_id": row["run_id"],
+                    }
         except Exception as err:  # metadata only: serve without it
             log.warning("could not read registry metadata: %s", err)
         store = ScoreStore(db_url(cfg.serving.db_file), create=False)  # read-only use
@@ -347,7 +383,7 @@ class HealthApp:
                             "`cshealth score` first")  # fmt: skip
         churn, expansion = loaded[CHURN.name], loaded[EXPANSION.name]
         pair = ModelPair(churn[0], expansion[0], churn[1], expansion[1])
-        app = cls(Scorer(pair, cfg.health), store, cfg.serving, model_meta=meta,
+        app = cls(Scorer(pair, cfg.health, cfg.explanations), store, cfg.serving, model_meta=meta,
                   batch_wait_s=batch_wait_s)  # fmt: skip
         log.info("loaded champions %s and %r (latest run %s, as_of %s) in %.1f s",
                  pair.version, store, run["run_id"], run["as_of"],
@@ -483,7 +519,8 @@ class HealthApp:
         if not valid:
             return out  # type: ignore[return-value]
         try:
-            items = self.scorer.score(self._frame([r for _, rows in valid for r in rows]))
+            frame = self._frame([r for _, rows in valid for r in rows])
+            items = self.scorer.score(frame, peers=self.current_peers())
         except Exception:
             if len(valid) == 1:
                 raise
@@ -510,6 +547,140 @@ class HealthApp:
     async def ascore_rows(self, rows: list[dict[str, Any]]) -> ScoreResponse:
         """`score_rows`, micro-batched with concurrent calls."""
         return await self.row_batcher.submit(rows)
+
+    def current_peers(self) -> Any:
+        """The newest scoring run's peer table (None if it has none), for `score_rows`.
+
+        Read with the run and kept for `PEERS_REFRESH_S` seconds before the store is asked
+        again (a new run then brings its own table); an unreachable store keeps the last.
+        """
+        cached, now = self._peers, time.monotonic()
+        if cached is not None and now - cached[0] < PEERS_REFRESH_S:
+            return cached[2]
+        try:
+            run = self.store.latest_run()
+        except Exception as err:
+            log.warning("peer table: the score store %r: %s", self.store, err)
+            return None if cached is None else cached[2]
+        run_id = None if run is None else run["run_id"]
+        if cached is not None and cached[1] == run_id:
+            peers = cached[2]
+        else:
+            peers = None if run is None else run.get("peers")
+            if isinstance(peers, str):  # a driver returning JSON as text
+                peers = json.loads(peers)
+        self._peers = (now, run_id, peers)
+        return peers
+
+    # ----- accounts: history, lists, the explanation picture ---------------------------------
+    @staticmethod
+    def check_account_id(account_id: Any) -> str:
+        """`account_id` if valid (1..128 characters, no control characters); 422 otherwise."""
+        try:
+            return _ACCOUNT_ID.validate_python(account_id)
+        except ValidationError as err:
+            detail = _validation_detail(err, ["account_id"])
+            raise RequestError(_summary(detail, "account_id"), detail) from None
+
+    def _read(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """A store read; 503 (logged) when the store fails."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            log.error("score store %r failed (%s): %s", self.store, what, err)
+            raise NotReady("the score store is unavailable; try again later") from None
+
+    @staticmethod
+    def _unknown(account_id: str) -> NotFound:
+        return NotFound(
+            "unknown account_id: no stored score",
+            [{"loc": ["account_id"], "msg": "no stored score for this account",
+              "type": "not_found"}],
+        )  # fmt: skip
+
+    def account_history(self, account_id: str) -> AccountHistory:
+        """Every stored score of one account, oldest first; 404 when there is none."""
+        account_id = self.check_account_id(account_id)
+        rows = self._read("history", self.store.history, account_id)
+        if not rows:
+            raise self._unknown(account_id)
+        runs = [HistoryEntry.model_validate({k: r.get(k) for k in _HISTORY_KEYS}) for r in rows]
+        return AccountHistory(account_id=account_id, runs=runs)
+
+    def check_page(
+        self, csm_id: Any, band: Any, segment: Any, limit: Any, offset: Any
+    ) -> tuple[str | None, str | None, str | None, int, int]:
+        """Validated `list_accounts` arguments (limit None: the default page); 413/422."""
+        cap = self.limits.max_ids_per_request
+        detail = []
+        for name, value in (("csm_id", csm_id), ("segment", segment)):
+            ok = value is None or (
+                isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+                and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+            )  # fmt: skip
+            if not ok:
+                detail.append({"loc": [name], "type": "string_pattern_mismatch",
+                               "msg": f"1 to {MAX_ID_LENGTH} characters, no control "
+                                      "characters"})  # fmt: skip
+        if band is not None and band not in BANDS:
+            detail.append({"loc": ["band"], "msg": "Input should be 'red', 'yellow' or "
+                           "'green'", "type": "literal_error"})  # fmt: skip
+        if limit is None:
+            limit = min(DEFAULT_PAGE, cap)
+        if type(limit) is not int or limit < 1:
+            detail.append({"loc": ["limit"], "msg": "Input should be an integer >= 1",
+                           "type": "greater_than_equal"})  # fmt: skip
+        if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+            detail.append({"loc": ["offset"], "type": "int_range",
+                           "msg": f"an integer from 0 to {MAX_OFFSET}"})  # fmt: skip
+        if detail:
+            raise RequestError(_summary(detail, "request"), detail)
+        if limit > cap:
+            raise RequestError(
+                f"limit too large: {limit} > max_ids_per_request={cap}",
+                [{"loc": ["limit"], "msg": f"at most {cap} accounts per page",
+                  "type": "too_long"}], status=413,
+            )  # fmt: skip
+        return csm_id, band, segment, limit, offset
+
+    def list_accounts(
+        self,
+        csm_id: str | None = None,
+        band: str | None = None,
+        segment: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> AccountList:
+        """The newest run's accounts matching every given filter, lowest health first
+        (e.g. a CSM's red accounts); `total` counts all matches, `results` is one page."""
+        csm_id, band, segment, limit, offset = self.check_page(csm_id, band, segment, limit,
+                                                               offset)  # fmt: skip
+        run = self._read("latest run", self.store.latest_run)
+        if run is None:
+            raise NotReady("the score store holds no scoring run yet")
+        total, rows = self._read(
+            "list", self.store.list_latest, csm_id, band, segment, limit, offset,
+            run_id=run["run_id"],
+        )  # fmt: skip
+        return AccountList(
+            run_id=run["run_id"], as_of=_iso(run["as_of"]), total=total, limit=limit,
+            offset=offset, results=[ScoreItem.model_validate(r) for r in rows],
+        )  # fmt: skip
+
+    def explanation_svg(self, account_id: str) -> str:
+        """The waterfall picture (SVG) of the account's latest score; 404 when unknown."""
+        from serving.waterfall import waterfall_svg
+
+        account_id = self.check_account_id(account_id)
+        found = self._read("latest scores", self.store.latest_scores, [account_id])
+        item = found.get(account_id)
+        if item is None:
+            raise self._unknown(account_id)
+        run = self._read("latest run", self.store.latest_run)
+        base = run.get("base_health") if run else None
+        if base is None:
+            base = self.scorer.base_health
+        return waterfall_svg(item, float(base))
 
     # ----- model info -----------------------------------------------------------------------------
     def _build_info(self) -> dict[str, Any]:
@@ -560,6 +731,10 @@ class HealthApp:
         return ModelInfo(**self._static_info, latest_run=latest)
 
 
+#: the fields of a history entry
+_HISTORY_KEYS = tuple(HistoryEntry.model_fields)
+
+
 def _iso(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
@@ -575,6 +750,7 @@ __all__ = [
     "HealthApp",
     "LoadError",
     "MicroBatcher",
+    "NotFound",
     "NotReady",
     "RequestError",
     "ServiceError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -47,6 +48,12 @@ def feature_payloads(rows: pd.DataFrame, names: list[str]) -> list[dict[str, Any
     ]  # fmt: skip
 
 
+def _describe_changes(
+    scorer: Scorer, current: list[dict[str, Any]], items: Any, previous_run: Any, previous: Any
+) -> None:
+    scorer.describe_changes(items, previous_run, previous, current)
+
+
 def score_latest(
     frame: pd.DataFrame, scorer: Scorer, store: ScoreStore, scored_at: dt.datetime | None = None
 ) -> dict[str, Any]:
@@ -56,7 +63,9 @@ def score_latest(
     """
     t0 = time.perf_counter()
     rows = newest_rows(frame)
-    items = scorer.score(rows)
+    log.info("scoring %d accounts at %s", len(rows), rows[Col.AS_OF].iloc[0])
+    batch = scorer.score_batch(rows)
+    items = batch.items
     as_of = rows[Col.AS_OF].iloc[0]
     run = {
         "run_id": uuid.uuid4().hex,
@@ -64,8 +73,13 @@ def score_latest(
         "as_of": pd.Timestamp(as_of).date(),
         "churn_model_version": scorer.models.churn_version,
         "expansion_model_version": scorer.models.expansion_version,
+        "peers": batch.peers,
+        "base_health": scorer.base_health,
     }
-    n = store.write_run(run, items, feature_payloads(rows, scorer.models.feature_names))
+    payloads = feature_payloads(rows, scorer.models.feature_names)
+    # What changed is worked out under the store's lock, against the run committed last.
+    annotate = functools.partial(_describe_changes, scorer, payloads)
+    n = store.write_run(run, items, payloads, annotate=annotate)
     bands = Counter(i["band"] for i in items)
     changes = [i["health_change"] for i in items if i["health_change"] is not None]
     summary = {

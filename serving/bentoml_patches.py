@@ -14,6 +14,9 @@ returns whether it was applied; a test fails once an upgrade makes one a no-op.
   the client's input; client errors are now one WARNING line (`log_rejected`).
 * `unknown_fields_are_422`: a request naming a field the endpoint does not take gets 422
   naming the field (the request models forbid extra fields; BentoML would say 400).
+* `document_openapi`: BentoML's OpenAPI model (``OpenAPISpecification``) has no
+  ``security`` and its operations list only BentoML's generic errors; /docs.json goes
+  through a function of ours that adds the bearer scheme and the real error responses.
 """
 
 from __future__ import annotations
@@ -101,15 +104,30 @@ def fix_timeout_timer() -> bool:
 
 
 class RouteLabels:
-    """Maps a request path to its metrics label: a known route, or one shared label."""
+    """Maps a request path to its metrics label: a known route, or one shared label.
+
+    A route with parameters (Starlette syntax, ``/accounts/{account_id:path}/history``)
+    labels every path it matches with its template (``/accounts/{account_id}/history``).
+    """
 
     def __init__(self, routes: Iterable[str], prefixes: Iterable[str] = STATIC_PREFIXES) -> None:
-        self.routes = frozenset(routes) | frozenset(BENTOML_ROUTES)
+        from starlette.routing import compile_path
+
+        routes = [*routes, *BENTOML_ROUTES]
+        self.routes = frozenset(r for r in routes if "{" not in r)
+        self.templates = []
+        for r in routes:
+            if "{" in r:
+                regex, label, _ = compile_path(r)
+                self.templates.append((regex, label))
         self.prefixes = tuple(prefixes)
 
     def __call__(self, path: str) -> str:
         if path in self.routes:
             return path
+        for regex, label in self.templates:
+            if regex.match(path):
+                return label
         for prefix in self.prefixes:
             if path.startswith(prefix):
                 return prefix + "{path}"
@@ -250,4 +268,38 @@ def unknown_fields_are_422() -> bool:
 
     ServiceAppFactory.api_endpoint = api_endpoint
     ServiceAppFactory._cshealth_unknown_422 = True
+    return True
+
+
+def document_openapi(post_process: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
+    """Serve /docs.json as `post_process(spec)`, the spec being BentoML's as a dict.
+
+    BentoML 1.4.39 builds the document from ``Service.openapi_spec``, an attrs model that
+    cannot hold ``security`` (and ``asdict`` drops what it does not know); the view
+    ``ServiceAppFactory.openapi_spec_view`` is where the finished dict is sent, so the
+    change goes there. A failing `post_process` is logged and BentoML's spec served.
+    """
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    done = _applicable(ServiceAppFactory, "_cshealth_openapi")
+    if done is False:
+        return done
+    ServiceAppFactory._cshealth_openapi_post = staticmethod(post_process)
+    if done:
+        return done
+
+    async def openapi_spec_view(self: Any, req: Any) -> Any:
+        try:
+            spec = self.service.openapi_spec.asdict()
+        except Exception:
+            log.exception("generating the OpenAPI document failed")
+            return JSONResponse({"error": "Failed to generate OpenAPI spec"}, status_code=500)
+        try:
+            spec = self._cshealth_openapi_post(spec)
+        except Exception:
+            log.exception("completing the OpenAPI document failed (serving BentoML's)")
+        return JSONResponse(spec)
+
+    ServiceAppFactory.openapi_spec_view = openapi_spec_view
+    ServiceAppFactory._cshealth_openapi = True
     return True

@@ -1,4 +1,4 @@
-"""Scoring logic, testable without a server: probabilities, health, components, reasons.
+"""Scoring logic, testable without a server: probabilities, health, components, explanations.
 
 `Scorer` wraps the two champion models (each one artifact holding its own
 preprocessing) and turns feature rows into the response items the API returns and
@@ -7,6 +7,8 @@ the store keeps. Nothing here re-implements preprocessing.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +16,22 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Col
+from features.snapshots import DESCRIPTOR_COLUMNS
 from features.targets import CHURN, EXPANSION
+from serving.explanations import (
+    SEGMENT,
+    PeerTable,
+    Playbook,
+    change_summary,
+    context,
+    moved_features,
+    peer_table,
+    reasons,
+    row_context,
+)
 from serving.health import band, component_points, health_score
-from serving.settings import HealthParams
-from training.explain import Reason, explain
+from serving.settings import ExplainParams, HealthParams
+from training.explain import contributions
 from training.model import HealthModel
 
 
@@ -46,12 +60,24 @@ class ModelPair:
         return names + [n for n in self.expansion.feature_names if n not in names]
 
 
-class Scorer:
-    """Feature rows in, scored items out (same order)."""
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scored items (input order) and the peer table their reasons compare with."""
 
-    def __init__(self, models: ModelPair, health: HealthParams) -> None:
+    items: list[dict[str, Any]]
+    peers: PeerTable
+
+
+class Scorer:
+    """Feature rows in, scored items out (same order); see `serving.explanations`."""
+
+    def __init__(
+        self, models: ModelPair, health: HealthParams, explain: ExplainParams | None = None
+    ) -> None:
         self.models = models
         self.health = health
+        self.explain = explain or ExplainParams()
+        self.playbook = Playbook.build(self.explain.playbook, models.churn.features)
         bias = models.churn.contributions(self._blank(1))["bias"].to_numpy()
         # Categorical features: the categories every model reading them knows.
         known: dict[str, set[str]] = {}
@@ -83,47 +109,94 @@ class Scorer:
         flagged = [[names[j] for j in np.flatnonzero(r)] for r in missing]
         return out, flagged
 
-    def score(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
-        """Score rows holding account_id, as_of and (some of) the feature columns."""
+    def score(self, rows: pd.DataFrame, peers: PeerTable | None = None) -> list[dict[str, Any]]:
+        """Score rows holding account_id, as_of and (some of) the feature columns.
+
+        `peers`: the table reasons compare with (default: computed from `rows`).
+        """
+        return self.score_batch(rows, peers).items
+
+    def score_batch(self, rows: pd.DataFrame, peers: PeerTable | None = None) -> ScoredBatch:
+        """`score`, also returning the peer table used (the batch's own by default)."""
         if len(rows) == 0:
-            return []
+            return ScoredBatch([], peers or {})
         rows, missing = self.complete(rows.reset_index(drop=True))
-        m, hp = self.models, self.health
-        # The churn explanation carries the raw score (bias + contributions): calibrate
-        # that instead of running the booster a second time on the same rows.
-        expl = explain(m.churn, rows, top_k=hp.top_reasons)
-        raw = np.array([e.raw_score for e in expl])
-        p_churn = np.clip(m.churn.calibrator(raw), 0.0, 1.0)
-        p_exp = m.expansion.predict_proba(rows)
+        m, hp, ep = self.models, self.health, self.explain
+        churn = contributions(m.churn, rows)
+        expansion = contributions(m.expansion, rows)
+        p_churn = np.clip(m.churn.calibrator(churn.raw_score), 0.0, 1.0)
+        p_exp = np.clip(m.expansion.calibrator(expansion.raw_score), 0.0, 1.0)
         health = health_score(p_churn, hp)
         bands = band(health, hp)
-        fams = list(expl[0].families)
-        points = component_points(
-            np.array([[e.families[f] for f in fams] for e in expl]), health,
-            np.full(len(rows), self._base_health),
-        )  # fmt: skip
+        fams, sums = churn.family_sums()
+        points = component_points(sums, health, np.full(len(rows), self._base_health))
+        if peers is None:
+            peers = peer_table(rows, m.churn.features + m.expansion.features, bands, ep.min_peers)
+        values = rows[[c for c in m.feature_names if c in rows]].to_dict("records")
+        descriptors = {c: rows[c].tolist() if c in rows else [None] * len(rows)
+                       for c in (*DESCRIPTOR_COLUMNS, SEGMENT)}  # fmt: skip
         out = []
-        for i, e in enumerate(expl):
-            out.append(
-                {
-                    "account_id": str(rows[Col.ACCOUNT_ID].iloc[i]),
-                    "as_of": _iso(rows[Col.AS_OF].iloc[i]) if Col.AS_OF in rows else None,
-                    "churn_probability": float(p_churn[i]),
-                    "expansion_probability": float(p_exp[i]),
-                    # Unrounded: rounding to a display precision ties distinct accounts
-                    # (clients and the report round for display).
-                    "health_score": float(health[i]),
-                    "band": str(bands[i]),
-                    "health_change": None,
-                    "components": {
-                        f: round(float(v), 4) for f, v in zip(fams, points[i], strict=True)
-                    },
-                    "reasons": [_reason(r) for r in e.top],
-                    "model_version": m.version,
-                    "missing_features": missing[i],
-                }
-            )
-        return out
+        for i in range(len(rows)):
+            ctx = row_context(rows, i, peers)
+            out.append({
+                "account_id": str(rows[Col.ACCOUNT_ID].iloc[i]),
+                "as_of": _iso(rows[Col.AS_OF].iloc[i]) if Col.AS_OF in rows else None,
+                **{c: _text(descriptors[c][i]) for c in descriptors},
+                "churn_probability": float(p_churn[i]),
+                "expansion_probability": float(p_exp[i]),
+                # Unrounded: rounding to a display precision ties distinct accounts
+                # (clients and the report round for display).
+                "health_score": float(health[i]),
+                "band": str(bands[i]),
+                "health_change": None,
+                "components": {f: round(float(v), 4) for f, v in zip(fams, points[i], strict=True)},
+                "reasons": reasons(churn, i, ctx, ep.top_reasons, worse_than_peers=True),
+                "expansion_reasons": reasons(expansion, i, ctx, ep.top_reasons),
+                "context": context(churn, i, ctx.seats, ep.top_context),
+                "plays": self.playbook.for_row(churn, i, values[i], str(bands[i]), ep.top_plays),
+                "changes": None,
+                "model_version": m.version,
+                "missing_features": missing[i],
+            })  # fmt: skip
+        return ScoredBatch(out, peers)
+
+    def describe_changes(
+        self,
+        items: Sequence[dict[str, Any]],
+        previous_run: dict[str, Any] | None,
+        previous: dict[str, dict[str, Any]],
+        current: Sequence[dict[str, Any]],
+    ) -> None:
+        """Fill each item's `changes` against its previous score (`ScoreStore.write_run`).
+
+        `current`: this run's feature payloads ({account_id, features}), `previous`: the
+        previous run's score fields and features per account. Today's churn model reads
+        both feature sets, so a change is a change in the account, not in the model.
+        """
+        if previous_run is None or not previous:
+            return
+        now_by_id = {p["account_id"]: p["features"] for p in current}
+        pairs = [(n, it) for n, it in enumerate(items)
+                 if it["account_id"] in previous and it["account_id"] in now_by_id]  # fmt: skip
+        if not pairs:
+            return
+        ids = [it["account_id"] for _, it in pairs]
+        model = self.models.churn
+        now = contributions(model, self._frame([now_by_id[a] for a in ids]))
+        then = contributions(model, self._frame([previous[a].get("features") or {} for a in ids]))
+        for k, (_, item) in enumerate(pairs):
+            before = previous[item["account_id"]]
+            direction = -np.sign(item["health_score"] - float(before["health_score"]))
+            moved = moved_features(now, then, k, k, direction, self.explain.top_changes)
+            item["changes"] = change_summary(before, item, moved, previous_run)
+
+    def _frame(self, features: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """Stored feature values ({name: value}) as the models' input frame."""
+        frame = pd.DataFrame(list(features)).reindex(columns=self.models.feature_names)
+        for f in self.models.churn.features:
+            if not f.categorical:
+                frame[f.name] = pd.to_numeric(frame[f.name], errors="coerce").astype(float)
+        return frame
 
     @property
     def base_health(self) -> float:
@@ -131,9 +204,11 @@ class Scorer:
         return self._base_health
 
 
-def _reason(r: Reason) -> dict[str, Any]:
-    return {"feature": r.feature, "family": r.family, "value": r.value,
-            "impact": round(float(r.contribution), 4), "sentence": r.sentence}  # fmt: skip
+def _text(value: Any) -> str | None:
+    """A descriptor as text (None when missing)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
 
 
 def _iso(value: Any) -> str | None:

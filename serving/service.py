@@ -10,6 +10,17 @@ Endpoints (JSON in and out):
   explicit feature rows scored by the loaded champions.
 * ``POST /model_info`` (empty body or ``{}``) -> versions, training time, test metrics,
   features, the store's newest run, the request limits.
+* ``GET /accounts?csm_id=&band=red|yellow|green&segment=&limit=&offset=0`` ->
+  ``{"run_id", "as_of", "total", "limit", "offset", "results": [...]}``: the newest run's
+  accounts matching every filter, lowest health first (a CSM's red accounts); limit
+  1..``max_ids_per_request`` (default 100 or that limit; 413 beyond).
+* ``GET /accounts/{account_id}/history`` -> ``{"account_id", "runs": [...]}``: every
+  stored scoring of the account, oldest first (health, band, probabilities, change,
+  reasons); 404 when it has none.
+* ``GET /accounts/{account_id}/explanation.svg``: the waterfall picture of the account's
+  latest health (`serving.waterfall`; image/svg+xml); 404 for an unknown account.
+  These three are a FastAPI app mounted into the service (`accounts_api`, class views
+  over the same `HealthApp`): the same middlewares (auth, limits, metrics) apply.
 * BentoML's own ``/healthz``, ``/livez``, ``/readyz`` (503 until the models and the store
   are loaded and reachable: `HealthService.__is_ready__`), ``/metrics`` (Prometheus, with
   ``cshealth_batch_requests`` and ``cshealth_unknown_accounts_total`` added), and the
@@ -19,14 +30,18 @@ Status codes: 200; 400 malformed JSON or a body not matching the schema (BentoML
 validation: ``{"error", "detail": [{"loc", "msg", "type"}]}``, loc naming the field);
 401 missing or wrong API key; 413 more ids/rows than ``serving.max_ids_per_request`` /
 ``max_rows_per_request``, or a body over ``serving.max_body_bytes`` (refused before it
-is read; `serving.middleware`); 422 a top-level field the endpoint does not take (loc
-``[field]``) or feature rows failing the models' metadata (loc ``["rows", i, field]``);
-503 while not loaded or when the store is unreachable. Each rejected request is logged
-as one WARNING line (method, path, status, reason; control characters escaped), never
-with a traceback or the client's input.
+is read; `serving.middleware`); 404 an account without a stored score (GET paths);
+422 a top-level field the endpoint does not take (loc ``[field]``), feature rows failing
+the models' metadata (loc ``["rows", i, field]``) or invalid GET parameters (loc
+``["query" | "path", name]``); 503 while not loaded or when the store is unreachable.
+/docs.json documents all of them per operation, and the bearer scheme
+(`complete_openapi`, installed by `serving.bentoml_patches.document_openapi`). Each
+rejected request is logged as one WARNING line (method, path, status, reason; control
+characters escaped), never with a traceback or the client's input.
 
 Hardening (see `serving.bentoml_patches`, `serving.middleware`, `serving.process`):
-the HTTP metrics are labelled by route (unknown paths share one label), the access log
+the HTTP metrics are labelled by route (the account paths by their template, unknown
+paths share one label), the access log
 escapes control characters, answers carry ``X-CSHealth-Instance`` (the per-start id
 ``cshealth serve`` checks readiness against), and the worker stops when its parent dies.
 
@@ -61,25 +76,35 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from pydantic import Field
-from starlette.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+from starlette.responses import JSONResponse, Response
 
 from cshealth.errors import one_line
 from serving import bentoml_patches as patches
 from serving.api import (
+    MAX_ID_LENGTH,
+    AccountHistory,
     AccountId,
+    AccountList,
+    ErrorBody,
     ModelInfo,
     ModelInfoRequest,
     ScoreFeaturesRequest,
     ScoreRequest,
     ScoreResponse,
+    Unauthorized,
 )
-from serving.app import PARAMS_ENV, HealthApp, LoadError, NotReady, ServiceError
+from serving.app import MAX_OFFSET, PARAMS_ENV, HealthApp, LoadError, NotReady, ServiceError
 from serving.auth import (
     INSTANCE_ENV,
+    OPEN_PATHS,
     AuthConfigError,
     AuthSettings,
     BearerAuthMiddleware,
@@ -167,13 +192,69 @@ def _env_float(name: str, default: float) -> float:
     return float(text) if text else default
 
 
-def _error(err: ServiceError, path: str) -> JSONResponse:
+def _error(err: ServiceError, path: str, method: str = "POST") -> JSONResponse:
     if err.status < 500:
-        log_rejected({"method": "POST", "path": path}, err.status, err.message)
+        log_rejected({"method": method, "path": path}, err.status, err.message)
     headers = {"Retry-After": "5"} if err.status == 503 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+# ----- the account endpoints (GET): a FastAPI app mounted into the service ---------------------
+#: their routes (Starlette syntax: an account id may hold a slash)
+HISTORY_ROUTE = "/accounts/{account_id:path}/history"
+SVG_ROUTE = "/accounts/{account_id:path}/explanation.svg"
+ACCOUNT_ROUTES = ("/accounts", HISTORY_ROUTE, SVG_ROUTE)
+
+accounts_api = FastAPI(
+    title="cshealth accounts", docs_url=None, redoc_url=None, openapi_url=None,
+)  # fmt: skip
+
+_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+PathId = Annotated[str, PathParam(
+    min_length=1, max_length=MAX_ID_LENGTH, pattern=_ID_PATTERN,
+    description="The account id (1..128 characters, no control characters).",
+)]  # fmt: skip
+CsmQuery = Annotated[str | None, Query(
+    min_length=1, max_length=MAX_ID_LENGTH, pattern=_ID_PATTERN,
+    description="Only this CSM's accounts.",
+)]  # fmt: skip
+SegmentQuery = Annotated[str | None, Query(
+    min_length=1, max_length=MAX_ID_LENGTH, pattern=_ID_PATTERN,
+    description="Only accounts of this segment (e.g. smb, mid_market, enterprise).",
+)]  # fmt: skip
+BandQuery = Annotated[Literal["red", "yellow", "green"] | None, Query(
+    description="Only accounts in this band.",
+)]  # fmt: skip
+LimitQuery = Annotated[int | None, Query(
+    ge=1, description="Page size: 1..serving.max_ids_per_request (413 beyond); default "
+    "100, or max_ids_per_request when lower.",
+)]  # fmt: skip
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Accounts to skip.")]
+_ERROR_422 = {422: {"model": ErrorBody, "description": "Invalid parameters (naming them)."}}
+
+
+class SVGResponse(Response):
+    media_type = "image/svg+xml"
+
+
+def _json(model: Any) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+@accounts_api.exception_handler(RequestValidationError)
+async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors in the API's own shape (`ErrorBody`), logged in one line."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+               "type": str(e.get("type", ""))} for e in exc.errors()]  # fmt: skip
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+    where = ".".join(str(x) for x in first["loc"])
+    message = f"invalid request: {where}: {first['msg']}{more}"
+    log_rejected(request.scope, 422, message)
+    return JSONResponse({"error": message, "detail": detail}, status_code=422)
+
+
+@bentoml.asgi_app(accounts_api, path="/")
 @bentoml.service(
     name="cshealth",
     workers=WORKERS,
@@ -278,8 +359,131 @@ class HealthService:
             return _error(err, "/model_info")  # type: ignore[return-value]
         return await asyncio.to_thread(app.model_info)
 
+    # ----- GET /accounts... (FastAPI class views: `self` is the service instance) -----------
+    async def _accounts_call(self, route: str, fn: Any, *args: Any) -> Response:
+        """`fn(app, *args)` in a thread; a ServiceError as its JSON error body."""
+        try:
+            app = self._require()
+            return await asyncio.to_thread(fn, app, *args)
+        except ServiceError as err:
+            return _error(err, route, "GET")
 
-patches.label_metrics_by_route(api.route for api in HealthService.apis.values())
+    @accounts_api.get(
+        "/accounts", response_model=AccountList, operation_id="cshealth__list_accounts",
+        responses=_ERROR_422, tags=["Service APIs"],
+    )  # fmt: skip
+    async def list_accounts(
+        self,
+        csm_id: CsmQuery = None,
+        band: BandQuery = None,
+        segment: SegmentQuery = None,
+        limit: LimitQuery = None,
+        offset: OffsetQuery = 0,
+    ) -> Any:
+        """The newest scoring run's accounts, lowest health first, filtered by CSM, band
+        and segment (e.g. a CSM's red accounts); `total` counts every match."""
+        return await self._accounts_call(
+            "/accounts", lambda app: _json(app.list_accounts(csm_id, band, segment, limit,
+                                                             offset)),
+        )  # fmt: skip
+
+    @accounts_api.get(
+        HISTORY_ROUTE, response_model=AccountHistory, operation_id="cshealth__account_history",
+        responses=_ERROR_422, tags=["Service APIs"],
+    )  # fmt: skip
+    async def account_history(self, account_id: PathId) -> Any:
+        """Every stored scoring of one account, oldest first: health, band, probabilities,
+        change and churn reasons per run."""
+        return await self._accounts_call(
+            "/accounts/{account_id}/history", lambda app: _json(app.account_history(account_id))
+        )
+
+    @accounts_api.get(
+        SVG_ROUTE, response_class=SVGResponse, operation_id="cshealth__explanation_svg",
+        responses={**_ERROR_422, 200: {
+            "description": "The waterfall picture (SVG).",
+            "content": {"image/svg+xml": {"schema": {"type": "string"}}}}},
+        tags=["Service APIs"],
+    )  # fmt: skip
+    async def explanation_svg(self, account_id: PathId) -> Any:
+        """The waterfall of the account's latest health: the average account's health, the
+        points each feature family adds or takes away, the score (image/svg+xml)."""
+        return await self._accounts_call(
+            "/accounts/{account_id}/explanation.svg",
+            lambda app: SVGResponse(app.explanation_svg(account_id)),
+        )
+
+
+# ----- the OpenAPI document (/docs.json) ------------------------------------------------------
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_REF = "#/components/schemas/{model}"
+
+
+def _response(description: str, model: str) -> dict[str, Any]:
+    schema = {"$ref": _REF.format(model=model)}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document plus the bearer scheme and the real error responses.
+
+    Every operation except the open probes needs ``Authorization: Bearer <key>`` (the
+    global ``security``; the probes and /metrics say ``security: []``) and documents:
+    401 (`Unauthorized`), 422 and 503 (`ErrorBody`); POST bodies also 400 (malformed
+    body) and 413 (over a request limit or the body size), GET /accounts 413 (limit),
+    the per-account paths 404 (no stored score). BentoML's generic 404 is dropped
+    where it cannot happen.
+    """
+    comps = spec.setdefault("components", {})
+    schemas = comps.setdefault("schemas", {})
+    _, defs = models_json_schema([(ErrorBody, "serialization"), (Unauthorized, "serialization")],
+                                 ref_template=_REF)  # fmt: skip
+    for name, schema in defs.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    comps["securitySchemes"] = {"bearerAuth": {
+        "type": "http", "scheme": "bearer",
+        "description": "The service's API key (CSHEALTH_API_KEY): "
+                       "`Authorization: Bearer <key>`."}}  # fmt: skip
+    spec["security"] = [{"bearerAuth": []}]
+    for path, item in spec.get("paths", {}).items():
+        for method in _HTTP_METHODS:
+            op = item.get(method)
+            if not isinstance(op, dict):
+                continue
+            responses = {str(k): v for k, v in (op.get("responses") or {}).items()}
+            op["responses"] = responses
+            if path in OPEN_PATHS:
+                op["security"] = []
+                continue
+            responses["401"] = _response(
+                "Missing, malformed or wrong API key (send 'Authorization: Bearer <key>').",
+                "Unauthorized")  # fmt: skip
+            responses["422"] = _response(
+                "Invalid input, naming the field: loc, msg and type per problem.", "ErrorBody"
+            )
+            responses["503"] = _response(
+                "Not ready (models or store loading) or the score store unreachable; "
+                "retry after the Retry-After seconds.", "ErrorBody")  # fmt: skip
+            if method == "post":
+                responses["400"] = _response("Malformed JSON or a body not matching the "
+                                             "schema, naming the field.", "ErrorBody")  # fmt: skip
+                responses["413"] = _response(
+                    "Over a request limit (serving.max_ids_per_request / "
+                    "max_rows_per_request) or the body over serving.max_body_bytes.",
+                    "ErrorBody")  # fmt: skip
+            if path == "/accounts":
+                responses["413"] = _response("limit over max_ids_per_request.", "ErrorBody")
+            if "{account_id}" in path:
+                responses["404"] = _response("No stored score for this account.", "ErrorBody")
+            else:
+                responses.pop("404", None)
+            op["responses"] = dict(sorted(responses.items()))
+    return spec
+
+
+patches.document_openapi(complete_openapi)
+patches.label_metrics_by_route([*(api.route for api in HealthService.apis.values()),
+                                *ACCOUNT_ROUTES])  # fmt: skip
 # outermost first: every answer names its instance; auth before the body is read
 HealthService.add_asgi_middleware(InstanceMiddleware, instance=os.environ.get(INSTANCE_ENV))
 HealthService.add_asgi_middleware(BearerAuthMiddleware, settings=AUTH)

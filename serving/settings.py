@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.meta import Family
 
 
 class _Frozen(BaseModel):
@@ -18,7 +21,6 @@ class HealthParams(_Frozen):
     midpoint_churn_probability: float = Field(0.15, gt=0, lt=1)
     red_below: float = Field(52.0, ge=0, le=100)
     yellow_below: float = Field(72.0, ge=0, le=100)
-    top_reasons: int = Field(3, ge=0, le=20)
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthParams:
@@ -42,3 +44,73 @@ class ServingParams(_Frozen):
         if self.max_body_bytes is not None:
             return self.max_body_bytes
         return 2**20 + 4096 * self.max_rows_per_request
+
+
+class PlayCondition(_Frozen):
+    """When a play applies regardless of feature contributions (e.g. renewal soon and red)."""
+
+    feature: str
+    at_most: float | None = None
+    at_least: float | None = None
+    bands: tuple[Literal["red", "yellow", "green"], ...] = ()
+
+
+class Play(_Frozen):
+    """A recommended action and the signals it answers (feature globs first, then families)."""
+
+    play: str = Field(min_length=1, max_length=80)
+    description: str = Field(min_length=1, max_length=400)
+    families: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()  # fnmatch patterns of feature names, e.g. "escalations_*"
+    when: PlayCondition | None = None
+
+    @model_validator(mode="after")
+    def _targets(self) -> Play:
+        if not (self.families or self.features or self.when):
+            raise ValueError(f"play {self.play!r} names no families, features or condition")
+        unknown = sorted(set(self.families) - {f.value for f in Family})
+        if unknown:
+            raise ValueError(f"play {self.play!r}: unknown families {unknown}; "
+                             f"expected some of {[f.value for f in Family]}")  # fmt: skip
+        return self
+
+
+DEFAULT_PLAYBOOK = (
+    Play(play="Escalation review",
+         description="Review open, severe and escalated tickets with support leadership and "
+                     "agree a fix date with the customer.",
+         features=("open_tickets", "escalations_*", "severe_ticket_share_*",
+                   "median_resolution_hours_*", "csat_mean_*")),
+    Play(play="Adoption workshop",
+         description="Run a workshop with the customer's team on the workflows they stopped "
+                     "using; re-onboard inactive seats.",
+         families=("usage",)),
+    Play(play="Executive sponsor call",
+         description="Have an executive sponsor call the customer's decision maker to hear "
+                     "the detractors' concerns first-hand.",
+         families=("sentiment",)),
+    Play(play="Success-plan review",
+         description="Revisit the success plan: re-baseline goals that are off track and "
+                     "agree the next milestones.",
+         families=("outcomes",)),
+    Play(play="Support health check",
+         description="Look at the account's recent tickets for recurring problems and "
+                     "proactively share fixes or training.",
+         families=("support",)),
+    Play(play="Renewal risk review",
+         description="Renewal is near and the account is red: build a renewal plan with the "
+                     "account executive now.",
+         when=PlayCondition(feature="days_to_renewal", at_most=90, bands=("red",))),
+)  # fmt: skip
+
+
+class ExplainParams(_Frozen):
+    """What each score explains: reasons, context, peer comparison and plays."""
+
+    top_reasons: int = Field(3, ge=0, le=20)
+    top_context: int = Field(3, ge=0, le=20)
+    top_plays: int = Field(3, ge=0, le=20)
+    top_changes: int = Field(3, ge=0, le=20)
+    #: healthy accounts a segment needs before its own median is the peer value
+    min_peers: int = Field(5, ge=1)
+    playbook: tuple[Play, ...] = DEFAULT_PLAYBOOK

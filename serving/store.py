@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ runs = sa.Table(
     sa.Column("churn_model_version", sa.String(32), nullable=False),
     sa.Column("expansion_model_version", sa.String(32), nullable=False),
     sa.Column("accounts", sa.Integer, nullable=False),
+    # the run's peer table (what healthy accounts look like) and the average account's health
+    sa.Column("peers", sa.JSON, nullable=True),
+    sa.Column("base_health", sa.Float, nullable=True),
 )
 
 scores = sa.Table(
@@ -82,7 +85,16 @@ scores = sa.Table(
     sa.Column("reasons", sa.JSON, nullable=False),
     sa.Column("model_version", sa.JSON, nullable=False),
     sa.Column("missing_features", sa.JSON, nullable=False),
+    # added in 0.3 (nullable: stores written before hold nulls)
+    sa.Column("name", sa.String(256), nullable=True),
+    sa.Column("segment", sa.String(128), nullable=True),
+    sa.Column("csm_id", sa.String(128), nullable=True),
+    sa.Column("expansion_reasons", sa.JSON, nullable=True),
+    sa.Column("context", sa.JSON, nullable=True),
+    sa.Column("plays", sa.JSON, nullable=True),
+    sa.Column("changes", sa.JSON, nullable=True),
     sa.Index("ix_scores_account", "account_id", "scored_at"),
+    sa.Index("ix_scores_run_csm", "run_id", "csm_id"),
 )
 
 latest_features = sa.Table(
@@ -98,7 +110,24 @@ latest_features = sa.Table(
 SCORE_FIELDS = (
     "account_id", "as_of", "churn_probability", "expansion_probability", "health_score",
     "band", "health_change", "components", "reasons", "model_version", "missing_features",
+    "name", "segment", "csm_id", "expansion_reasons", "context", "plays", "changes",
 )  # fmt: skip
+#: JSON columns (a driver may hand them back as text)
+JSON_FIELDS = frozenset(
+    c.name for t in (runs, scores, latest_features) for c in t.columns
+    if isinstance(c.type, sa.JSON)
+)
+#: columns added after the first release: `create` adds them to an older store
+ADDED_COLUMNS = {
+    "scoring_runs": ("peers", "base_health"),
+    "scores": ("name", "segment", "csm_id", "expansion_reasons", "context", "plays", "changes"),
+}
+#: score fields every item must carry (the added ones may be absent: stored as null)
+_REQUIRED = frozenset(SCORE_FIELDS) - set(ADDED_COLUMNS["scores"])
+#: per account of the previous run, what `Annotate` gets (SCORE_FIELDS and the features)
+Previous = dict[str, dict[str, Any]]
+#: fills items' change fields from the previous run: (items, previous run or None, previous)
+Annotate = Callable[[Sequence[dict[str, Any]], dict[str, Any] | None, Previous], None]
 
 
 class StoreError(UserError):
@@ -247,6 +276,7 @@ class ScoreStore:
         """Create the tables if they do not exist (under the writers' lock)."""
         with self._write("creating the tables") as conn:
             metadata.create_all(conn)
+            _add_columns(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -305,30 +335,40 @@ class ScoreStore:
         run: dict[str, Any],
         items: Sequence[dict[str, Any]],
         features: Sequence[dict[str, Any]],
+        annotate: Annotate | None = None,
     ) -> int:
         """Append a run and its scores, fill `health_change`, replace latest features.
 
         `run["scored_at"]` (naive UTC; None or absent: now) is set inside the lock to
-        after the newest stored run, so that run order is commit order. Returns the
-        number of scores written. All or nothing: one transaction.
+        after the newest stored run, so that run order is commit order. `annotate`, when
+        given, is called under the lock with the items, the previous run and its scores
+        and features per account (see `Annotate`), to fill what changed since then.
+        Returns the number of scores written. All or nothing: one transaction.
         """
         run_id = str(run["run_id"])
         _check_ids(run_id, "scores", items)
         _check_ids(run_id, "latest_features", features)
         with self._write(f"writing run {run_id}") as conn:
             metadata.create_all(conn)
-            newest = conn.execute(_newest_run()).first()
-            run["scored_at"] = _after(run.get("scored_at"), newest[1] if newest else None)
-            previous = _health(conn, newest[0]) if newest else {}
-            rows = []
+            _add_columns(conn)
+            newest = conn.execute(sa.select(runs).order_by(*_NEWEST).limit(1)).mappings().first()
+            newest = _plain(dict(newest)) if newest else None
+            run["scored_at"] = _after(run.get("scored_at"),
+                                      _stamp(newest["scored_at"]) if newest else None)  # fmt: skip
+            previous = _previous(conn, newest["run_id"]) if newest else {}
             for item in items:
                 prev = previous.get(item["account_id"])
-                change = None if prev is None else round(item["health_score"] - prev, 1)
-                item["health_change"] = change
-                rows.append(
-                    {**{k: item[k] for k in SCORE_FIELDS}, "as_of": _date(item["as_of"]),
-                     "run_id": run_id, "scored_at": run["scored_at"]}
-                )  # fmt: skip
+                item["health_change"] = (
+                    None if prev is None else round(item["health_score"] - prev["health_score"], 1)
+                )
+            if annotate is not None:
+                annotate(items, newest, previous)
+            rows = [
+                {**{k: item[k] if k in _REQUIRED else item.get(k) for k in SCORE_FIELDS},
+                 "as_of": _date(item["as_of"]),
+                 "run_id": run_id, "scored_at": run["scored_at"]}
+                for item in items
+            ]  # fmt: skip
             conn.execute(
                 runs.insert(), [{**run, "as_of": _date(run["as_of"]), "accounts": len(rows)}]
             )
@@ -360,7 +400,7 @@ class ScoreStore:
     def recent_runs(self, limit: int = 2) -> list[dict[str, Any]]:
         """The newest runs, newest first."""
         with self.engine.connect() as conn:
-            q = sa.select(runs).order_by(runs.c.scored_at.desc(), runs.c.run_id.desc()).limit(limit)
+            q = sa.select(runs).order_by(*_NEWEST).limit(limit)
             return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
     def run_scores(self, run_id: str) -> list[dict[str, Any]]:
@@ -405,21 +445,85 @@ class ScoreStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one())
 
+    def list_latest(
+        self,
+        csm_id: str | None = None,
+        band: str | None = None,
+        segment: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        run_id: str | None = None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The newest run's scores matching every given filter, lowest health first (ties:
+        account id), `limit` of them after `offset`; and how many match in all.
+
+        `run_id` lists that run instead of the newest (to pair the page with a run read
+        before)."""
+        with self.engine.connect() as conn:
+            run = run_id if run_id is not None else _latest_run_id(conn)
+            if run is None:
+                return 0, []
+            where = [scores.c.run_id == run]
+            for column, value in (("csm_id", csm_id), ("band", band), ("segment", segment)):
+                if value is not None:
+                    where.append(scores.c[column] == value)
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(scores).where(*where)
+            ).scalar_one()
+            q = (
+                sa.select(*[scores.c[k] for k in SCORE_FIELDS])
+                .where(*where)
+                .order_by(scores.c.health_score, scores.c.account_id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return int(total), [_plain(dict(r)) for r in conn.execute(q).mappings()]
+
+
+#: newest run first: the one readers serve
+_NEWEST = (runs.c.scored_at.desc(), runs.c.run_id.desc())
+
 
 def _newest_run() -> sa.Select:
     """The newest run's (run_id, scored_at): the one readers serve."""
-    order = (runs.c.scored_at.desc(), runs.c.run_id.desc())
-    return sa.select(runs.c.run_id, runs.c.scored_at).order_by(*order).limit(1)
+    return sa.select(runs.c.run_id, runs.c.scored_at).order_by(*_NEWEST).limit(1)
 
 
 def _latest_run_id(conn: sa.Connection) -> str | None:
     return conn.execute(_newest_run()).scalar()
 
 
-def _health(conn: sa.Connection, run_id: str) -> dict[str, float]:
-    """Health score per account of one run."""
-    q = sa.select(scores.c.account_id, scores.c.health_score).where(scores.c.run_id == run_id)
-    return {a: h for a, h in conn.execute(q)}
+def _previous(conn: sa.Connection, run_id: str) -> Previous:
+    """Per account of one run: its stored score fields and (when that run is the one
+    `latest_features` belongs to) its feature values under ``"features"``."""
+    q = sa.select(*[scores.c[k] for k in SCORE_FIELDS]).where(scores.c.run_id == run_id)
+    out = {r["account_id"]: _plain(dict(r)) for r in conn.execute(q).mappings()}
+    f = latest_features.c
+    q = sa.select(f.account_id, f.features).where(f.run_id == run_id)
+    for account, values in conn.execute(q):
+        if account in out:
+            out[account]["features"] = json.loads(values) if isinstance(values, str) else values
+    return out
+
+
+def _add_columns(conn: sa.Connection) -> None:
+    """Add the columns of `ADDED_COLUMNS` that an older store lacks (all nullable)."""
+    inspector = sa.inspect(conn)
+    for table, names in ADDED_COLUMNS.items():
+        have = {c["name"] for c in inspector.get_columns(table)}
+        for name in names:
+            if name in have:
+                continue
+            column = metadata.tables[table].c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
+            log.info("store: added column %s.%s (older store)", table, name)
+
+
+def _stamp(value: Any) -> dt.datetime:
+    """A stored time (datetime, or ISO text from `_plain`) as a naive datetime."""
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
 
 
 def _after(wanted: dt.datetime | None, newest: dt.datetime | None) -> dt.datetime:
@@ -460,7 +564,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     for k, v in row.items():
         if isinstance(v, dt.datetime | dt.date):
             v = v.isoformat()
-        elif isinstance(v, str) and k in ("components", "reasons", "model_version", "features"):
+        elif isinstance(v, str) and k in JSON_FIELDS:
             v = json.loads(v)
         out[k] = v
     return out

@@ -127,7 +127,7 @@ def build(root: Path) -> ServingSetup:
     )
     models = ModelPair(result.targets["churn"].model, result.targets["expansion"].model, "1", "1")
     store = ScoreStore(setup.db_url)
-    summary = score_latest(snaps.frame, Scorer(models, cfg.health), store,
+    summary = score_latest(snaps.frame, Scorer(models, cfg.health, cfg.explanations), store,
                            dt.datetime(2026, 1, 1, 6, 0))  # fmt: skip
     setup.ids = sorted(newest_rows(snaps.frame)["account_id"].astype(str))
     setup.as_of = summary["as_of"]

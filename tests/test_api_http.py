@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tests.serving_data import (
 )
 
 pytestmark = pytest.mark.slow
+
 
 @dataclass
 class State:
@@ -176,6 +178,89 @@ def test_http_equals_in_process(state: State) -> None:
     assert r.json() == app.model_info().model_dump(mode="json")
 
 
+# ----- the account endpoints (GET) ----------------------------------------------------------
+def _get(state: State, path: str, headers: dict | None = AUTH, **params: Any) -> httpx.Response:
+    return httpx.get(f"{state.server.url}{path}", params=params, headers=headers, timeout=30)
+
+
+def test_account_endpoints_need_the_key(state: State) -> None:
+    a = state.setup.ids[0]
+    paths = ("/accounts", f"/accounts/{a}/history", f"/accounts/{a}/explanation.svg")
+    for path in paths:
+        for headers in (None, {"Authorization": "Bearer wrong"}):
+            r = _get(state, path, headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert set(r.json()) == {"detail"}
+        assert _get(state, path).status_code == 200, path
+
+
+def test_account_endpoints_answer_like_the_app(state: State) -> None:
+    app, ids = state.app, state.setup.ids
+    r = _get(state, "/accounts", band="red", limit=MAX_IDS)
+    assert r.status_code == 200
+    assert r.json() == app.list_accounts(band="red", limit=MAX_IDS).model_dump(mode="json")
+    body = _get(state, "/accounts", limit=3, offset=2).json()
+    assert (body["limit"], body["offset"], body["total"]) == (3, 2, len(ids))
+    health = [x["health_score"] for x in _get(state, "/accounts", limit=10).json()["results"]]
+    assert health == sorted(health)
+    r = _get(state, f"/accounts/{ids[0]}/history")
+    assert r.json() == app.account_history(ids[0]).model_dump(mode="json")
+    r = _get(state, f"/accounts/{ids[0]}/explanation.svg")
+    assert r.headers["content-type"].startswith("image/svg+xml")
+    assert r.text == app.explanation_svg(ids[0])
+    for path in ("/accounts/ghost/history", "/accounts/ghost/explanation.svg"):
+        r = _get(state, path)
+        assert r.status_code == 404 and r.json()["error"].startswith("unknown account_id"), path
+    r = _get(state, "/accounts", limit=MAX_IDS + 1)
+    assert r.status_code == 413 and f"max_ids_per_request={MAX_IDS}" in r.json()["error"]
+    for params, loc in (({"band": "blue"}, ["query", "band"]), ({"limit": 0}, ["query", "limit"]),
+                        ({"offset": "x"}, ["query", "offset"])):  # fmt: skip
+        r = _get(state, "/accounts", **params)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, params
+    r = _get(state, "/accounts/" + "x" * 129 + "/history")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "account_id"]
+    # the metrics name the routes, not the ids
+    metrics = httpx.get(f"{state.server.url}/metrics").text
+    endpoints = set(re.findall(r'endpoint="([^"]*)"', metrics))
+    assert {"/accounts", "/accounts/{account_id}/history",
+            "/accounts/{account_id}/explanation.svg"} <= endpoints  # fmt: skip
+    assert not [e for e in endpoints if "ghost" in e or ids[0] in e]
+
+
+def test_openapi_documents_auth_and_errors(state: State) -> None:
+    spec = httpx.get(f"{state.server.url}/docs.json").json()
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert spec["security"] == [{"bearerAuth": []}]
+    paths = spec["paths"]
+    assert {"/accounts", "/accounts/{account_id}/history",
+            "/accounts/{account_id}/explanation.svg"} <= set(paths)  # fmt: skip
+    schemas = spec["components"]["schemas"]
+    assert {"ErrorBody", "Unauthorized", "ScoreItem", "AccountList", "AccountHistory"} <= set(
+        schemas
+    )
+    assert {"peer_value", "peer_group"} <= set(schemas["Reason"]["properties"])
+    assert {"expansion_reasons", "context", "plays", "changes", "name", "segment",
+            "csm_id"} <= set(schemas["ScoreItem"]["properties"])  # fmt: skip
+    ops = 0
+    for path, item in paths.items():
+        for method, op in item.items():
+            if path in ("/healthz", "/livez", "/readyz", "/metrics"):
+                assert op["security"] == [], path  # open
+                continue
+            ops += 1
+            codes = set(op["responses"])
+            assert {"200", "401", "422", "503"} <= codes, (method, path, codes)
+            ref = op["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/Unauthorized")
+            if "{account_id}" in path:
+                assert "404" in codes, path
+            if method == "post" or path == "/accounts":
+                assert "413" in codes, path
+    assert ops == 6
+
+
 # ----- no input gives a 5xx -------------------------------------------------------------------
 def test_schemathesis_finds_no_server_error(state: State) -> None:
     """Positive and negative cases from the OpenAPI schema, 20 per operation and mode."""
@@ -188,8 +273,10 @@ def test_schemathesis_finds_no_server_error(state: State) -> None:
     calls = 0
     statuses: list[tuple[str, int]] = []
     ops = [r.ok() for r in schema.get_all_operations()]
-    ops = [op for op in ops if op.method.upper() == "POST"]
-    assert {op.path for op in ops} >= {"/score", "/score_features", "/model_info"}
+    ops = [op for op in ops if op.path not in ("/healthz", "/livez", "/readyz", "/metrics")]
+    assert {op.path for op in ops} >= {"/score", "/score_features", "/model_info", "/accounts",
+                                       "/accounts/{account_id}/history",
+                                       "/accounts/{account_id}/explanation.svg"}  # fmt: skip
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
@@ -207,9 +294,10 @@ def test_schemathesis_finds_no_server_error(state: State) -> None:
                                     f"{r.text[:300]} for {str(case.body)[:300]}")  # fmt: skip
 
             check()
-    assert calls >= 60
+    assert calls >= 120
     ok = {path for path, status in statuses if status == 200}
-    assert ok >= {"/score", "/score_features", "/model_info"}  # the key was sent: real work
+    # the key was sent: real work
+    assert ok >= {"/score", "/score_features", "/model_info", "/accounts"}
     assert not failures, "\n".join(failures[:10])
 
 

@@ -14,16 +14,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cshealth.report import collect, money, portfolio, render
-from features.contract import Col, T
+from cshealth.report import ReportData, collect, money, portfolio, render
+from features.contract import Col
 from serving.store import ScoreStore
+from serving.waterfall import SVG_NS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+HOSTILE = "<script>alert('x')</script> & \"Sons\""  # an account name is data, not markup
+HOSTILE_ID = "D4<b>"
 ACCOUNTS = [  # id, name, segment, csm, mrr, p_churn, p_exp, health, band, previous health
     ("A1", "Acme Labs", "enterprise", "csm_7", 50_000.0, 0.02, 0.30, 88.0, "green", 90.0),
     ("B2", "Blue Retail", "smb", None, 300.0, 0.40, 0.02, 21.0, "red", 45.0),
     ("C3", "Cedar Health", "mid_market", "csm_7", 2_000.0, 0.12, 0.10, 56.5, "yellow", 50.0),
+    (HOSTILE_ID, HOSTILE, None, "csm_<9>", 800.0, 0.05, 0.05, 70.0, "green", 60.0),
 ]
+FELL = "active users fell from 31 to 4"
+BASE_HEALTH = 63.0  # the average account's health, recorded with the newest run
 
 
 POOLED = {  # one contender's pooled backtest metrics, as `cshealth train` writes them
@@ -55,16 +61,20 @@ METRICS = {
 }  # fmt: skip
 
 
-def _item(a: tuple, health: float, band: str) -> dict:
+def _item(a: tuple, health: float, band: str, latest: bool) -> dict:
+    """A score item in the shape `cshealth score` stores (descriptors, reasons, plays, changes)."""
     return {
         "account_id": a[0],
         "as_of": "2026-01-02",
+        "name": a[1],
+        "segment": a[2],
+        "csm_id": a[3],
         "churn_probability": a[5],
         "expansion_probability": a[6],
         "health_score": health,
         "band": band,
         "health_change": None,
-        "components": {"usage": -12.5, "outcomes": 3.0},
+        "components": {"usage": -12.5, "outcomes": 3.0, "support": -2.0},
         "reasons": [
             {
                 "feature": "active_users_30d",
@@ -72,29 +82,35 @@ def _item(a: tuple, health: float, band: str) -> dict:
                 "value": 4.0,
                 "impact": 0.5,
                 "sentence": f"Active users of {a[1]} fell 45% in 30 days",
+                "peer_value": 31.0,
+                "peer_group": "healthy mid-market accounts",
             }
         ],
+        "expansion_reasons": [],
+        "context": [
+            {"feature": "tenure_days", "family": "commercial", "value": 400.0, "impact": 0.1,
+             "sentence": "Customer for 400 days"}
+        ],
+        "plays": [
+            {"play": f"Adoption workshop for {a[1]}", "description": "Walk the admins through "
+             "the features their peers use most.", "impact": 0.5, "features": ["active_users_30d"]},
+            {"play": "Executive check-in", "description": "Meet the sponsor.", "impact": 0.2,
+             "features": ["nps_last"]},
+        ],
+        "changes": {
+            "previous_run_id": "r0", "previous_as_of": "2026-01-02", "health_before": a[9],
+            "health_after": health, "band_before": "yellow",
+            "sentence": f"Health of {a[1]} {a[9]:.0f} → {health:.0f}: {FELL}",
+            "components": {"usage": -10.0}, "features": [],
+        } if latest else None,
         "model_version": {"churn": "4", "expansion": "2"},
         "missing_features": [],
-    }
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def report_html(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("report")
-    raw = root / "raw"
-    raw.mkdir()
-    pd.DataFrame(
-        {
-            Col.ACCOUNT_ID: [a[0] for a in ACCOUNTS],
-            Col.NAME: [a[1] for a in ACCOUNTS],
-            Col.SEGMENT: [a[2] for a in ACCOUNTS],
-            Col.INDUSTRY: "software",
-            Col.REGION: "emea",
-            Col.CREATED_AT: pd.Timestamp("2023-01-01"),
-            Col.CSM_ID: [a[3] for a in ACCOUNTS],
-        }
-    ).to_parquet(raw / f"{T.ACCOUNTS}.parquet")
+def report_data(tmp_path_factory: pytest.TempPathFactory) -> ReportData:
+    root = tmp_path_factory.mktemp("report")  # no raw data folder: all from the store
     snaps = pd.DataFrame(
         {
             Col.ACCOUNT_ID: [a[0] for a in ACCOUNTS],
@@ -110,8 +126,13 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> str:
             "as_of": "2026-01-02",
             "churn_model_version": "4",
             "expansion_model_version": "2",
+            "base_health": None if hist else BASE_HEALTH,
+            "peers": None,
         }
-        items = [_item(a, a[9] if hist else a[7], "yellow" if hist else a[8]) for a in ACCOUNTS]
+        items = [
+            _item(a, a[9] if hist else a[7], "yellow" if hist else a[8], latest=not hist)
+            for a in ACCOUNTS
+        ]
         store.write_run(run, items, [])
     reports = root / "reports"
     (reports / "plots").mkdir(parents=True)
@@ -137,8 +158,12 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> str:
             }
         )
     )
-    data = collect(store, snaps, raw, reports, checks, root / "missing.json", 0.10)
-    return render(data)
+    return collect(store, snaps, reports, checks, root / "missing.json", 0.10)
+
+
+@pytest.fixture(scope="module")
+def report_html(report_data: ReportData) -> str:
+    return render(report_data)
 
 
 def _text(page: str) -> str:
@@ -237,5 +262,67 @@ def test_report_makes_no_network_requests(report_html: str) -> None:
     refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]+)""", report_html, flags=re.I)
     assert refs, "expected embedded images"
     assert all(r.startswith("data:") or r.startswith("#") for r in refs), refs
-    assert not re.search(r"https?://", report_html)
+    # The one URL allowed: the SVG namespace of the inline health pictures (not a request).
+    assert not re.search(r"https?://", report_html.replace(f'xmlns="{SVG_NS}"', ""))
     assert not re.search(r"url\(|@import|<script|<link", report_html, flags=re.I)
+
+
+SECTION_IDS = ("portfolio", "by-segment", "by-csm", "top-accounts", "movers", "drivers", "trust",
+               "data-checks")  # fmt: skip
+
+
+def _section(page: str, anchor: str) -> str:
+    """The HTML of one section of the page."""
+    found = re.search(rf'<section id="{anchor}">(.*?)</section>', page, flags=re.S)
+    assert found, anchor
+    return found.group(1)
+
+
+def test_every_section_is_there(report_html: str) -> None:
+    for anchor in SECTION_IDS:
+        assert report_html.count(f'<section id="{anchor}">') == 1, anchor
+    assert report_html.index('id="top-accounts"') < report_html.index('id="movers"')
+
+
+def test_descriptors_come_from_the_store(report_data: ReportData, report_html: str) -> None:
+    """Name, segment and CSM as recorded with the run: no raw data folder exists."""
+    s = report_data.scores.set_index(Col.ACCOUNT_ID)
+    assert s.loc["A1", Col.NAME] == "Acme Labs" and s.loc["A1", Col.SEGMENT] == "enterprise"
+    assert s.loc["A1", Col.CSM_ID] == "csm_7"
+    assert s.loc["B2", Col.CSM_ID] == "(tech-touch)"  # null CSM in the store: tech-touch
+    assert s.loc[HOSTILE_ID, Col.SEGMENT] == "(unknown)"  # null segment in the store
+    assert report_data.base_health == BASE_HEALTH
+    segments = _text(_section(report_html, "by-segment"))
+    for seg in ("enterprise", "smb", "mid_market", "(unknown)"):
+        assert seg in segments
+    csms = _text(_section(report_html, "by-csm"))
+    assert "csm_7" in csms and "(tech-touch)" in csms and "csm_<9>" in csms
+    top = _text(_section(report_html, "top-accounts"))
+    assert "Acme Labs" in top and "A1 · enterprise · csm_7" in top
+    assert "B2 · smb · (tech-touch)" in top
+
+
+def test_top_accounts_explain_and_suggest_plays(report_html: str) -> None:
+    top = _section(report_html, "top-accounts")
+    text = _text(top)
+    assert "Active users of Cedar Health fell 45% in 30 days" in text  # a reason
+    assert "Adoption workshop for Cedar Health" in text  # a play
+    assert "Walk the admins through the features their peers use most." in text
+    assert "Health of Cedar Health 50 → 56: active users fell from 31 to 4" in text  # changed
+    assert top.count("<svg") - top.count('class="bars"') == len(ACCOUNTS)  # one picture each
+    assert f"Health of Blue Retail: {BASE_HEALTH:.0f} for an average account → 21" in text
+
+
+def test_movers_show_what_changed_and_plays(report_html: str) -> None:
+    text = _text(_section(report_html, "movers"))
+    assert "Health of Blue Retail 45 → 21: active users fell from 31 to 4" in text
+    assert "Adoption workshop for Blue Retail" in text and "Executive check-in" in text
+    assert "Largest declines" in text and "Largest improvements" in text
+
+
+def test_hostile_names_are_escaped(report_html: str) -> None:
+    assert "<script" not in report_html.lower()
+    assert "&lt;script&gt;" in report_html
+    assert "<b>D4" not in report_html and "csm_<9>" not in report_html
+    text = _text(report_html)
+    assert HOSTILE in text and "csm_<9>" in text

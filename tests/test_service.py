@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import os
 import re
@@ -102,7 +103,7 @@ def test_known_ids_return_every_field(app: HealthApp, setup: ServingSetup) -> No
         assert d["band"] == band
         assert d["model_version"] == {"churn": "1", "expansion": "1"}
         assert set(d["components"]) <= {"usage", "support", "sentiment", "outcomes", "commercial"}
-        assert 0 < len(d["reasons"]) <= cfg.health.top_reasons
+        assert 0 < len(d["reasons"]) <= cfg.explanations.top_reasons
         assert all(r["sentence"] for r in d["reasons"])
         assert isinstance(d["missing_features"], list)
         assert d["health_change"] is None  # the store's first run
@@ -164,9 +165,12 @@ def test_stored_features_rescore_to_the_stored_scores(app: HealthApp, setup: Ser
         rescored = app.score_rows(_stored_rows(app, chunk)).results
         assert [r.account_id for r in rescored] == chunk
         for r in rescored:
-            want = stored[r.account_id].model_dump(exclude={"health_change"})
-            assert r.model_dump(exclude={"health_change"}) == want
-            assert r.health_change is None
+            # descriptors and changes come with a scoring run, not with feature rows
+            run_only = {"health_change", "name", "csm_id", "changes"}
+            want = stored[r.account_id].model_dump(exclude=run_only)
+            assert r.model_dump(exclude=run_only) == want
+            assert r.health_change is None and r.changes is None
+            assert r.name is None and r.csm_id is None
 
 
 def test_scorer_probabilities_equal_the_models(app: HealthApp, setup: ServingSetup) -> None:
@@ -362,10 +366,10 @@ def test_a_failing_request_does_not_fail_its_batch(app: HealthApp) -> None:
     class Flaky:
         models = app.scorer.models
 
-        def score(self, frame: Any) -> Any:
+        def score(self, frame: Any, **kw: Any) -> Any:
             if "boom" in set(frame["account_id"]):
                 raise RuntimeError("kaboom")
-            return app.scorer.score(frame)
+            return app.scorer.score(frame, **kw)
 
     flaky = HealthApp(app.scorer, app.store, app.limits)
     flaky.scorer = Flaky()  # type: ignore[assignment]
@@ -525,3 +529,236 @@ def test_service_in_process(setup: ServingSetup, tmp_path: Path, prom_dir: Path,
         assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["account_ids"]
         assert client.post("/model_info", headers=h).json()["model_version"] == {
             "churn": "1", "expansion": "1"}  # fmt: skip
+
+        # the account endpoints (a FastAPI app mounted into the service): same auth
+        ids = setup.ids
+        assert client.get("/accounts").status_code == 401
+        assert client.get(f"/accounts/{ids[0]}/history").status_code == 401
+        page = client.get("/accounts", params={"limit": 5}, headers=h).json()
+        assert len(page["results"]) == 5 and page["total"] == len(ids)
+        health = [x["health_score"] for x in page["results"]]
+        assert health == sorted(health)
+        r = client.get(f"/accounts/{ids[0]}/history", headers=h)
+        assert r.status_code == 200 and r.json()["runs"][0]["run_id"]
+        r = client.get("/accounts/ghost/history", headers=h)
+        assert r.status_code == 404 and r.json()["error"].startswith("unknown account_id")
+        r = client.get(f"/accounts/{ids[0]}/explanation.svg", headers=h)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+        r = client.get("/accounts", params={"band": "blue"}, headers=h)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "band"]
+
+
+# ----- accounts: history, lists, the explanation picture (hand-made store rows) ------------------
+def _score_row(account: str, health: float, band: str, csm: str | None, segment: str | None,
+               **extra: Any) -> dict[str, Any]:  # fmt: skip
+    return {
+        "account_id": account, "as_of": "2026-01-02", "churn_probability": 0.5 - health / 250,
+        "expansion_probability": 0.2, "health_score": health, "band": band,
+        "health_change": None, "components": {"usage": -3.5, "support": 1.25},
+        "reasons": [{"feature": "active_users_30d", "family": "usage", "value": 12.0,
+                     "impact": 0.42, "sentence": "12 active users; healthy peers: 31",
+                     "peer_value": 31.0, "peer_group": "healthy mid-market accounts"}],
+        "model_version": {"churn": "1", "expansion": "1"}, "missing_features": [],
+        "name": f"Account {account}", "segment": segment, "csm_id": csm,
+        "expansion_reasons": [], "context": [], "plays": [], "changes": None, **extra,
+    }  # fmt: skip
+
+
+def _run_row(i: int, **extra: Any) -> dict[str, Any]:
+    return {"run_id": f"run{i}", "scored_at": dt.datetime(2026, 1, 2, 3, i),
+            "as_of": dt.date(2026, 1, i + 1), "churn_model_version": "1",
+            "expansion_model_version": "1", **extra}  # fmt: skip
+
+
+@pytest.fixture
+def hand(app: HealthApp, tmp_path: Path) -> HealthApp:
+    """A HealthApp over the module's models and a store of two hand-made runs.
+
+    run0: a (health 70), b (40); run1 (newest, base_health 55, a peer table): a (45, red,
+    csm-1), b (80, green, csm-1), c (20, red, csm-2), d (35, red, csm-1, enterprise),
+    e (60, yellow, csm-1) whose list fields are null (a store written before they existed).
+    """
+    store = ScoreStore(f"sqlite:///{tmp_path / 'hand.db'}")
+    old = "2026-01-01"
+    store.write_run(_run_row(0), [_score_row("a", 70.0, "green", "csm-1", "smb", as_of=old),
+                                  _score_row("b", 40.0, "red", "csm-1", "smb", as_of=old)],
+                    [])  # fmt: skip
+    legacy = {k: None for k in ("expansion_reasons", "context", "plays", "name")}
+    store.write_run(
+        _run_row(1, base_health=55.0, peers={"healthy": {"active_users_30d": 31.0}}),
+        [_score_row("a", 45.0, "red", "csm-1", "smb"),
+         _score_row("b", 80.0, "green", "csm-1", "smb"),
+         _score_row("c", 20.0, "red", "csm-2", "smb"),
+         _score_row("d", 35.0, "red", "csm-1", "enterprise"),
+         _score_row("e", 60.0, "yellow", "csm-1", None, **legacy)], [],
+    )  # fmt: skip
+    hand = HealthApp(app.scorer, store, app.limits)
+    yield hand
+    hand.close()
+
+
+def test_history_is_oldest_first_with_reasons(hand: HealthApp) -> None:
+    h = hand.account_history("a")
+    assert h.account_id == "a"
+    assert [r.run_id for r in h.runs] == ["run0", "run1"]
+    assert [r.health_score for r in h.runs] == [70.0, 45.0]
+    assert [r.band for r in h.runs] == ["green", "red"]
+    assert [r.health_change for r in h.runs] == [None, -25.0]
+    assert [r.as_of.isoformat() for r in h.runs] == ["2026-01-01", "2026-01-02"]
+    assert h.runs[0].scored_at < h.runs[1].scored_at
+    reason = h.runs[1].reasons[0]
+    assert reason.feature == "active_users_30d" and reason.peer_value == 31.0
+    assert reason.peer_group == "healthy mid-market accounts"
+    assert [r.run_id for r in hand.account_history("c").runs] == ["run1"]
+    h.model_dump_json()
+
+
+def test_list_accounts_by_csm_and_band(hand: HealthApp) -> None:
+    page = hand.list_accounts(csm_id="csm-1", band="red")
+    assert page.run_id == "run1" and page.as_of.isoformat() == "2026-01-02"
+    assert [r.account_id for r in page.results] == ["d", "a"]  # lowest health first
+    assert page.total == 2 and page.offset == 0 and page.limit == min(100, MAX_IDS)
+    assert all(r.csm_id == "csm-1" and r.band == "red" for r in page.results)
+    assert page.results[0].segment == "enterprise" and page.results[0].name == "Account d"
+    every = hand.list_accounts()
+    assert [r.account_id for r in every.results] == ["c", "d", "a", "e", "b"]
+    assert every.total == 5
+    page = hand.list_accounts(csm_id="csm-1", limit=2, offset=1)
+    assert [r.account_id for r in page.results] == ["a", "e"]
+    assert (page.total, page.limit, page.offset) == (4, 2, 1)
+    assert hand.list_accounts(csm_id="csm-1", offset=10).results == []
+    assert [r.account_id for r in hand.list_accounts(segment="enterprise").results] == ["d"]
+    assert hand.list_accounts(csm_id="nobody").total == 0
+    assert len(hand.list_accounts(limit=MAX_IDS).results) == 5  # at the limit
+
+
+def test_older_rows_with_null_lists_read_as_empty(hand: HealthApp) -> None:
+    item = hand.score_ids(["e"]).results[0]
+    assert item.expansion_reasons == [] and item.context == [] and item.plays == []
+    assert item.name is None and item.segment is None and item.changes is None
+    assert item.csm_id == "csm-1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "loc"),
+    [({"band": "blue"}, 422, ["band"]), ({"limit": 0}, 422, ["limit"]),
+     ({"limit": MAX_IDS + 1}, 413, ["limit"]), ({"offset": -1}, 422, ["offset"]),
+     ({"csm_id": ""}, 422, ["csm_id"]), ({"segment": "a\nb"}, 422, ["segment"])],
+)  # fmt: skip
+def test_list_accounts_validates(hand: HealthApp, kwargs: dict, status: int, loc: list) -> None:
+    with pytest.raises(RequestError) as exc:
+        hand.list_accounts(**kwargs)
+    assert exc.value.status == status and exc.value.detail[0]["loc"] == loc
+    if status == 413:
+        assert f"max_ids_per_request={MAX_IDS}" in exc.value.message
+
+
+def test_unknown_or_invalid_account_is_404_or_422(hand: HealthApp) -> None:
+    for call in (hand.account_history, hand.explanation_svg):
+        with pytest.raises(ServiceError) as exc:
+            call("no-such-account")
+        assert exc.value.status == 404
+        assert exc.value.body()["error"].startswith("unknown account_id")
+        for bad in ("", "x" * 129, "a\x00b"):
+            with pytest.raises(RequestError) as exc:
+                call(bad)
+            assert exc.value.status == 422 and exc.value.detail[0]["loc"] == ["account_id"]
+
+
+def test_explanation_svg_is_well_formed(hand: HealthApp) -> None:
+    import xml.etree.ElementTree as ET
+
+    svg = hand.explanation_svg("a")
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    text = " ".join(t.text or "" for t in root.iter() if t.text)
+    assert "55" in text and "45" in text  # the run's base health and the account's health
+    assert "<script" not in svg
+
+
+def test_explanation_svg_without_base_health_uses_the_scorer(hand: HealthApp,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    store = ScoreStore(f"sqlite:///{tmp_path / 'nobase.db'}")
+    store.write_run(_run_row(0), [_score_row("a", 70.0, "green", "csm-1", "smb")], [])
+    app = HealthApp(hand.scorer, store, hand.limits)
+    try:
+        svg = app.explanation_svg("a")
+        assert f"{hand.scorer.base_health:.0f} for an average account" in svg
+    finally:
+        app.close()
+
+
+def test_store_failure_is_503_for_the_account_calls(app: HealthApp, tmp_path: Path) -> None:
+    store = ScoreStore(f"sqlite:///{tmp_path}/missing/dir/x.db", create=False)
+    bad = HealthApp(app.scorer, store, app.limits)
+    try:
+        for call in (lambda: bad.account_history("a"), lambda: bad.list_accounts(),
+                     lambda: bad.explanation_svg("a")):  # fmt: skip
+            with pytest.raises(NotReady):
+                call()
+        assert bad.current_peers() is None
+    finally:
+        bad.close()
+
+
+def test_current_peers_follow_the_newest_run(hand: HealthApp, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:  # fmt: skip
+    import serving.app as app_module
+
+    reads = 0
+    real = hand.store.latest_run
+
+    def counting() -> Any:
+        nonlocal reads
+        reads += 1
+        return real()
+
+    monkeypatch.setattr(hand.store, "latest_run", counting)
+    assert hand.current_peers() == {"healthy": {"active_users_30d": 31.0}}
+    assert hand.current_peers() == {"healthy": {"active_users_30d": 31.0}}
+    assert reads == 1  # cached
+    hand.store.write_run(_run_row(2, peers={"healthy": {"active_users_30d": 40.0}}),
+                         [_score_row("a", 50.0, "yellow", "csm-1", "smb")], [])  # fmt: skip
+    assert hand.current_peers()["healthy"]["active_users_30d"] == 31.0  # not yet re-read
+    monkeypatch.setattr(app_module, "PEERS_REFRESH_S", 0.0)
+    assert hand.current_peers()["healthy"]["active_users_30d"] == 40.0
+    assert reads == 2
+
+
+def test_score_rows_pass_the_peer_table(hand: HealthApp) -> None:
+    seen: list[Any] = []
+
+    class Spy:
+        models = hand.scorer.models
+        base_health = hand.scorer.base_health
+
+        def score(self, frame: Any, peers: Any = None) -> Any:
+            seen.append(peers)
+            return hand.scorer.score(frame)  # (the hand-made table is not a real one)
+
+    spied = HealthApp(hand.scorer, hand.store, hand.limits)
+    spied.scorer = Spy()  # type: ignore[assignment]
+    try:
+        assert spied.score_rows([{"account_id": "x"}]).results[0].account_id == "x"
+        assert seen == [{"healthy": {"active_users_30d": 31.0}}]
+    finally:
+        spied.id_batcher.close()
+        spied.row_batcher.close()
+
+
+def test_route_labels_bound_the_metrics() -> None:
+    """Metrics label a path by its route template; anything else shares one label."""
+    import bentoml
+
+    from serving.bentoml_patches import PATCHED_VERSION, UNMATCHED, RouteLabels
+
+    assert bentoml.__version__ == PATCHED_VERSION  # an upgrade: re-check every patch
+    route = RouteLabels(["/score", "/accounts", "/accounts/{account_id:path}/history",
+                         "/accounts/{account_id:path}/explanation.svg"])  # fmt: skip
+    assert route("/score") == "/score" and route("/accounts") == "/accounts"
+    for a in ("ACC-1", "a/b", "x" * 300):
+        assert route(f"/accounts/{a}/history") == "/accounts/{account_id}/history"
+        assert route(f"/accounts/{a}/explanation.svg") == "/accounts/{account_id}/explanation.svg"
+    for path in ("/accounts/x", "/accounts/x/historyx", "/accounts/x/explanation_svg", "/nope"):
+        assert route(path) == UNMATCHED, path
+    assert route("/metrics") == "/metrics"

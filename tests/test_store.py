@@ -142,3 +142,25 @@ def test_component_points_sum_to_health_change() -> None:
     assert np.allclose(pts.sum(axis=1), health - 85.0)
     assert pts[0, 0] < 0 < pts[0, 1]  # risk-raising usage costs health points
     assert np.all(pts[1] == 0)
+
+
+def test_listing_filters_the_newest_run_by_csm_band_and_segment(store: ScoreStore) -> None:
+    def item(account: str, health: float, band: str, csm: str | None) -> dict:
+        return {**_item(account, health), "band": band, "csm_id": csm, "segment": "smb",
+                "name": f"Name {account}", "plays": [{"play": "p", "description": "d",
+                                                       "impact": 0.1, "features": []}]}  # fmt: skip
+
+    store.write_run(_run(1), [item("A", 10.0, "red", "c1")], [])
+    store.write_run(_run(2), [item("A", 40.0, "red", "c1"), item("B", 30.0, "red", "c1"),
+                              item("C", 20.0, "red", "c2"), item("D", 90.0, "green", None)],
+                    [], annotate=lambda items, prev_run, prev: items[0].update(
+                        changes={"sentence": f"from {prev['A']['health_score']:.0f}",
+                                 "previous_run_id": prev_run["run_id"]}))  # fmt: skip
+    total, page = store.list_latest(csm_id="c1", band="red", limit=10)
+    assert total == 2 and [p["account_id"] for p in page] == ["B", "A"]  # lowest health first
+    assert page[1]["changes"] == {"sentence": "from 10", "previous_run_id": "run1"}
+    assert page[1]["name"] == "Name A" and page[1]["plays"][0]["play"] == "p"
+    total, page = store.list_latest(band="red", limit=1, offset=1)
+    assert total == 3 and [p["account_id"] for p in page] == ["B"]
+    assert store.list_latest(segment="enterprise") == (0, [])
+    assert store.list_latest(run_id="run1")[0] == 1

@@ -71,9 +71,54 @@ class Explanation:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Contributions:
+    """One model's SHAP contributions for rows: log-odds per feature, the bias, and the
+    values as the model saw them (an unknown category is missing)."""
+
+    features: list[Feature]
+    x: pd.DataFrame  # prepared values, model feature order
+    values: np.ndarray  # (rows, features) log-odds; > 0 raises the model's probability
+    bias: np.ndarray  # (rows,)
+    missing: np.ndarray  # (rows, features) bool
+
+    @property
+    def raw_score(self) -> np.ndarray:
+        """The model's raw score per row (uncalibrated log-odds)."""
+        return self.bias + self.values.sum(axis=1)
+
+    def family_sums(self) -> tuple[list[str], np.ndarray]:
+        """The families present (Family order) and the per-row sums (rows, families)."""
+        fam_of = [Family(f.family).value for f in self.features]
+        families = [f.value for f in Family if f.value in fam_of]
+        sums = np.column_stack(
+            [self.values[:, [j for j, g in enumerate(fam_of) if g == fam]].sum(axis=1)
+             for fam in families]
+        ) if families else np.zeros((len(self.x), 0))  # fmt: skip
+        return families, sums
+
+    def value(self, i: int, j: int) -> float | str | None:
+        """Row i's value of feature j as shown to people (None when missing)."""
+        if self.missing[i, j]:
+            return None
+        raw = self.x.iat[i, j]
+        return str(raw) if self.features[j].categorical else float(raw)
+
+
+def contributions(model: HealthModel, rows: pd.DataFrame) -> Contributions:
+    """`model`'s contributions for `rows` (one `pred_contrib` call)."""
+    x = model.prepare(rows)
+    contrib = model.contributions(x, prepared=True)
+    return Contributions(
+        features=list(model.features), x=x[model.feature_names],
+        values=contrib[model.feature_names].to_numpy(dtype=float),
+        bias=contrib[BIAS].to_numpy(dtype=float), missing=x[model.feature_names].isna().to_numpy(),
+    )  # fmt: skip
+
+
 def missing_sentence(feature: Feature) -> str:
     """The sentence for a reason whose value is missing."""
-    return f"{feature.description.rstrip('.')}: no data"
+    return feature.sentence(None)
 
 
 def rank_reasons(
