@@ -252,7 +252,9 @@ def change_summary(
     h0, h1 = float(before["health_score"]), float(after["health_score"])
     comps0, comps1 = before.get("components") or {}, after.get("components") or {}
     families = list(dict.fromkeys([*comps1, *comps0]))
-    comps = {f: round(float(comps1.get(f, 0.0)) - float(comps0.get(f, 0.0)), 1) for f in families}
+    # + 0.0: a rounded -0.0 reads as "-0" in JSON
+    comps = {f: round(float(comps1.get(f, 0.0)) - float(comps0.get(f, 0.0)), 1) + 0.0
+             for f in families}
     head = f"Health {h0:.0f} → {h1:.0f}"
     if moved:
         text = f"{head}: " + "; ".join(m["sentence"] for m in moved)

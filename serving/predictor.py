@@ -149,7 +149,8 @@ class Scorer:
                 "health_score": float(health[i]),
                 "band": str(bands[i]),
                 "health_change": None,
-                "components": {f: round(float(v), 4) for f, v in zip(fams, points[i], strict=True)},
+                "components": {f: round(float(v), 4) + 0.0  # never -0.0
+                               for f, v in zip(fams, points[i], strict=True)},
                 "reasons": reasons(churn, i, ctx, ep.top_reasons, worse_than_peers=True),
                 "expansion_reasons": reasons(expansion, i, ctx, ep.top_reasons),
                 "context": context(churn, i, ctx.seats, ep.top_context),

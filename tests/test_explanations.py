@@ -7,6 +7,7 @@ a fresh store, checked the way a CSM reads them.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,7 @@ def test_what_changed_compares_with_the_previous_run(runs: dict) -> None:
         for f in ch["features"]:
             assert f["before"] != f["after"] and f["sentence"] in ch["sentence"]
         changed += bool(ch["features"])
+        assert all(math.copysign(1, v) > 0 for v in ch["components"].values() if v == 0)
         comp = sum(ch["components"].values())
         assert comp == pytest.approx(after[a]["health_score"] - before[a]["health_score"], abs=0.5)
     assert changed > len(both) / 2
