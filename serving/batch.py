@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import math
 import time
@@ -48,12 +47,6 @@ def feature_payloads(rows: pd.DataFrame, names: list[str]) -> list[dict[str, Any
     ]  # fmt: skip
 
 
-def _describe_changes(
-    scorer: Scorer, current: list[dict[str, Any]], items: Any, previous_run: Any, previous: Any
-) -> None:
-    scorer.describe_changes(items, previous_run, previous, current)
-
-
 def score_latest(
     frame: pd.DataFrame, scorer: Scorer, store: ScoreStore, scored_at: dt.datetime | None = None
 ) -> dict[str, Any]:
@@ -78,8 +71,8 @@ def score_latest(
     }
     payloads = feature_payloads(rows, scorer.models.feature_names)
     # What changed is worked out under the store's lock, against the run committed last.
-    annotate = functools.partial(_describe_changes, scorer, payloads)
-    n = store.write_run(run, items, payloads, annotate=annotate)
+    n = store.write_run(run, items, payloads, annotate=lambda its, prev_run, prev: (
+        scorer.describe_changes(its, prev_run, prev, payloads)))
     bands = Counter(i["band"] for i in items)
     changes = [i["health_change"] for i in items if i["health_change"] is not None]
     summary = {
