@@ -56,8 +56,21 @@ postgres:
 chromium:
 	@bash .ci/chromium.sh
 
-test: lint postgres chromium
+test: lint postgres chromium wheelhouse
 	$(BIN)/python -m pytest
+
+# The portable-model test installs the logged model's declared requirements (exactly
+# training.pyfunc.pip_requirements()) into a fresh venv, offline: download them here.
+WHEELHOUSE := .cache/wheelhouse
+.PHONY: wheelhouse
+wheelhouse: $(WHEELHOUSE)/.stamp
+
+$(WHEELHOUSE)/.stamp: pyproject.toml training/pyfunc.py $(STAMP)
+	@echo ">> downloading the model's requirements into $(WHEELHOUSE) (first run: a few minutes)"
+	@mkdir -p $(WHEELHOUSE)
+	@$(BIN)/python -c 'from training.pyfunc import pip_requirements; print(*pip_requirements(), sep="\n")' > $(WHEELHOUSE)/requirements.txt
+	@$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	@touch $@
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py

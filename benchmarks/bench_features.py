@@ -1,6 +1,6 @@
 """Benchmark the whole `cshealth features` stage at 1 M, 10 M (and 30 M) usage events.
 
-Issue 3 targets on 2 cores: >= 1 M events/s end to end at 10 M events, peak RSS
+Targets on 2 cores: >= 1 M events/s end to end at 10 M events, peak RSS
 <= 3 GB, time growing no faster than linearly in events.
 
 Usage: python benchmarks/bench_features.py [--sizes 1,10,30] [--months 24]

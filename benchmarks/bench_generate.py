@@ -1,4 +1,4 @@
-"""Benchmark `cshealth generate` (issue 2 target: 2,000 accounts x 24 months, >= 10 M
+"""Benchmark `cshealth generate` (target: 2,000 accounts x 24 months, >= 10 M
 events, <= 60 s on 2 cores) and `cshealth check` on the same folder.
 
 Usage: python benchmarks/bench_generate.py [--accounts 2000] [--months 24]

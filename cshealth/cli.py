@@ -10,13 +10,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cshealth.config import DEFAULT_PARAMS, Config, ConfigError, load_config
 from cshealth.errors import UserError, one_line
-from cshealth.files import umask_setting
+from cshealth.files import withhold
+from cshealth.settings import Settings
 from features.contract import Col
 from features.targets import CHURN, EXPANSION, TARGET_NAMES
 from simulator import END_DATE_CONVENTIONS, preset_names
+
+if TYPE_CHECKING:
+    from serving.store import ScoreStore
 
 log = logging.getLogger("cshealth")
 
@@ -33,6 +38,15 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
+
+
+def _store(args: argparse.Namespace, cfg: Config, create: bool = True) -> ScoreStore:
+    """The score store of the settings (`CSHEALTH_DB_URL`), default `serving.db_file`."""
+    from serving.store import ScoreStore, db_url
+
+    settings: Settings = args.settings
+    url = db_url(cfg.serving.db_file, settings.db_url_value())
+    return ScoreStore(url, create=create, timeout_s=settings.db_timeout_s)
 
 
 def cmd_generate(args: argparse.Namespace, cfg: Config) -> int:
@@ -177,9 +191,10 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     try:
         write_text(json.dumps(nan_to_none(result.report()), indent=2) + "\n",
                    staging / report_set.METRICS)  # fmt: skip
-        from training.plots import write_plots
+        from training.plots import write_plot_data, write_plots
 
         plots = write_plots(result, snaps, staging / report_set.PLOTS)
+        write_plot_data(result, staging / report_set.PLOTS)  # the CSVs of dvc.yaml's plots
         log.info("logging the run to MLflow (%s)", uri)
         params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
         record = tracking.log_training(
@@ -220,6 +235,8 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
     """List the registered versions of every model, their aliases, backtest metrics and run."""
     from training import tracking
 
+    if args.champions_json:
+        return _write_champions(args.champions_json)
     tracking.fail_abandoned_runs()  # runs of killed trainings show as FAILED, not RUNNING
     rows = tracking.list_models()
     if not rows:
@@ -234,6 +251,25 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
               f"{r['run_status'] or '-'}")  # fmt: skip
     print("promote every model of a finished run: cshealth promote RUN_ID; one model: "
           "cshealth promote VERSION --model TARGET")  # fmt: skip
+    return 0
+
+
+def _write_champions(path: Path) -> int:
+    """Write the registry's champions (target -> model, version, run id) as JSON, atomically.
+
+    The `champion` DVC stage: the content is stable while no champion moves, so `score`
+    reruns after a promotion (by the gate or by hand) and only then.
+    """
+    import json
+
+    from features.io import write_text
+    from training import tracking
+
+    champions = tracking.champions()
+    write_text(json.dumps(champions, indent=2, sort_keys=True) + "\n", Path(path))
+    shown = ", ".join(f"{t} v{c['version']}" if c["version"] else f"{t} none"
+                      for t, c in champions.items())  # fmt: skip
+    print(f"wrote {path}: {tracking.CHAMPION} {shown} ({tracking.display_uri()})")
     return 0
 
 
@@ -272,16 +308,16 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     from features.snapshots import SnapshotTable
     from serving.batch import score_latest
     from serving.predictor import ModelPair, Scorer
-    from serving.store import ScoreStore, db_url
     from training import tracking
 
     # the store first: a wrong CSHEALTH_DB_URL fails before minutes of loading and scoring
-    store = ScoreStore(db_url(cfg.serving.db_file))
+    store = _store(args, cfg)
     try:
         features = Path(args.features or cfg.features.out)
         snaps = SnapshotTable.read(features)
         churn, v_churn = tracking.load_champion(CHURN.name)
         expansion, v_exp = tracking.load_champion(EXPANSION.name)
+        _say_passed_over({CHURN.name: v_churn, EXPANSION.name: v_exp})
         scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health,
                         cfg.explanations)
         summary = score_latest(snaps.frame, scorer, store)  # scored_at: at commit
@@ -294,6 +330,19 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         f"run {summary['run_id']} in {store!r} ({summary['seconds']} s)"
     )
     return 0
+
+
+def _say_passed_over(champions: dict[str, int]) -> None:
+    """Say when newer versions exist than the champion scoring uses (a gate kept the old one)."""
+    from training import tracking
+
+    for target, version in champions.items():
+        newer = tracking.passed_over(target, version)
+        if not newer:
+            continue
+        last, why = newer[-1]  # "vN not promoted: ...": the newest tells the story
+        print(f"{target}: scoring with {tracking.CHAMPION} v{version}; {why}; to use v{last} "
+              f"anyway: cshealth promote {last} --model {target}")  # fmt: skip
 
 
 def _wait_ready(url: str, proc: object, instance: str | None = None,
@@ -325,12 +374,10 @@ def _wait_ready(url: str, proc: object, instance: str | None = None,
     return False
 
 
-def _example_account(cfg: Config) -> str | None:
+def _example_account(args: argparse.Namespace, cfg: Config) -> str | None:
     """A real account id from the store's newest run (a red one when there is one)."""
-    from serving.store import ScoreStore, db_url
-
     try:
-        store = ScoreStore(db_url(cfg.serving.db_file), create=False)
+        store = _store(args, cfg, create=False)
         runs = store.recent_runs(1)
         if not runs:
             return None
@@ -342,27 +389,32 @@ def _example_account(cfg: Config) -> str | None:
 
 
 def _serve_env(args: argparse.Namespace, instance: str) -> dict[str, str]:
-    """The server's environment: only --no-auth (never an inherited variable) disables auth."""
+    """The server's environment: only --no-auth (never an inherited variable) disables auth.
+
+    The server inherits this process's environment (stores, MLflow) with the auth
+    variables decided here; a blank key was refused when the settings were read.
+    """
     from serving.auth import API_KEY_ENV, INSTANCE_ENV, NO_AUTH_ENV, no_auth_marker
 
+    settings: Settings = args.settings
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true",
            INSTANCE_ENV: instance}  # fmt: skip
-    if env.pop(NO_AUTH_ENV, None) is not None:
+    env.pop(NO_AUTH_ENV, None)
+    env.pop(API_KEY_ENV, None)
+    if settings.no_auth is not None:
         log.warning("ignoring the inherited %s: only `cshealth serve --no-auth` disables "
                     "authentication", NO_AUTH_ENV)  # fmt: skip
-    key = env.get(API_KEY_ENV)
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     if args.no_auth:
         if key:
             log.warning("--no-auth given: ignoring %s", API_KEY_ENV)
-        env.pop(API_KEY_ENV, None)
         env[NO_AUTH_ENV] = no_auth_marker(instance)
-    elif key is not None and key and not key.strip():
-        raise UserError(f"{API_KEY_ENV} is blank (only whitespace): set a real key, e.g. "
-                        f"export {API_KEY_ENV}=$(openssl rand -hex 16)")  # fmt: skip
     elif not key:
         raise UserError(f"{API_KEY_ENV} is not set. Set it (clients send 'Authorization: "
                         "Bearer <key>'), or pass --no-auth to run without authentication "
                         "on purpose.")  # fmt: skip
+    else:
+        env[API_KEY_ENV] = key
     return env
 
 
@@ -406,10 +458,10 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
             print("error: the service did not become ready (see its log above)", file=sys.stderr)
             proc.terminate()
             return proc.wait() or 1
-        account = _example_account(cfg) or "ACCOUNT_ID"
+        account = _example_account(args, cfg) or "ACCOUNT_ID"
         shown = key if args.show_key else "$CSHEALTH_API_KEY"
         auth = "" if args.no_auth else f"-H 'Authorization: Bearer {shown}' "
-        mlflow_uri = redact(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+        mlflow_uri = redact(args.settings.mlflow_uri)
         print(
             f"\nready: {base}  (health {base}/readyz, metrics {base}/metrics, API docs {base}/)\n"
             + ("WARNING: authentication is OFF (--no-auth)\n" if args.no_auth else "")
@@ -438,13 +490,12 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     from cshealth.report import collect, render
     from features.io import write_text
     from features.snapshots import SnapshotTable
-    from serving.store import ScoreStore, db_url
 
     out = Path(args.out or cfg.report.out)
     snaps = SnapshotTable.read(Path(args.features or cfg.features.out))
     # Names, segments and CSMs come from the store (recorded with the scoring run).
     data = collect(
-        ScoreStore(db_url(cfg.serving.db_file)), snaps.frame, cfg.train.reports_dir,
+        _store(args, cfg), snaps.frame, cfg.train.reports_dir,
         cfg.checks.reports_dir, cfg.checks.snapshot_report, cfg.features.expansion_threshold,
     )  # fmt: skip
     page = render(data)
@@ -521,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help=cmd_models.__doc__)
+    m.add_argument(
+        "--champions-json", type=Path, metavar="FILE",
+        help="write only the champions (target -> model, version, run id) to FILE as JSON "
+        "(the `champion` stage of dvc.yaml: `score` depends on it)",
+    )  # fmt: skip
     m.set_defaults(func=cmd_models)
 
     pr = sub.add_parser("promote", help=cmd_promote.__doc__)
@@ -559,15 +615,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        mask = umask_setting()
+        settings = Settings.from_env()  # every environment variable, read once
         cfg = load_config(args.params)
     except (ConfigError, UserError) as err:
         return _fail(err, 2)
-    previous = os.umask(mask)
+    args.settings = settings
+    previous, withheld = os.umask(settings.umask), withhold(settings.umask)
     try:
         return _run(args, cfg)
     finally:
-        os.umask(previous)  # main() is also called in-process (tests, notebooks)
+        # main() is also called in-process (tests, notebooks)
+        os.umask(previous)
+        withhold(withheld)
 
 
 def _run(args: argparse.Namespace, cfg: Config) -> int:

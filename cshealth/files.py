@@ -2,8 +2,8 @@
 
 Everything cshealth creates is private by default (files 0600, folders 0700), whatever
 the umask of the process that happens to create it (the CLI, the BentoML worker, a
-notebook). `CSHEALTH_UMASK` (octal, e.g. ``022``) sets which permission bits are
-withheld instead; the CLI also runs with it as its umask.
+notebook). The `CSHEALTH_UMASK` setting (octal, e.g. ``022``; `withhold`) sets which
+permission bits are withheld instead; the CLI also runs with it as its umask.
 """
 
 from __future__ import annotations
@@ -15,20 +15,26 @@ from pathlib import Path
 
 from cshealth.errors import UserError
 
-UMASK_ENV = "CSHEALTH_UMASK"
 DEFAULT_UMASK = 0o077
+_withheld = DEFAULT_UMASK
 
 
 def umask_setting() -> int:
-    """The permission bits cshealth withholds: `CSHEALTH_UMASK` (octal), default 077."""
-    text = os.environ.get(UMASK_ENV, "").strip()
-    try:
-        mask = int(text, 8) if text else DEFAULT_UMASK
-    except ValueError:
-        mask = -1
+    """The permission bits cshealth withholds (default 077; `withhold` changes them)."""
+    return _withheld
+
+
+def withhold(mask: int) -> int:
+    """Withhold `mask` from now on (the `CSHEALTH_UMASK` setting); returns the previous mask.
+
+    A process-wide policy like the umask itself: the entry points (the CLI, the service)
+    set it from their settings.
+    """
+    global _withheld
     if not 0 <= mask <= 0o777:
-        raise UserError(f"{UMASK_ENV}={text!r} is not an octal umask such as 077 or 022")
-    return mask
+        raise UserError(f"CSHEALTH_UMASK={mask:o} is not an octal umask such as 077 or 022")
+    previous, _withheld = _withheld, mask
+    return previous
 
 
 def restrict(path: Path) -> None:

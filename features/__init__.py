@@ -1,1 +1,1 @@
-"""Raw-data contract, readers and (later) the point-in-time feature pipeline."""
+"""The raw-data contract and its readers, point-in-time features and labels, snapshots."""

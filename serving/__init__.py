@@ -1,1 +1,1 @@
-"""Batch scoring, the score store and the BentoML service (issue 5)."""
+"""Batch scoring, health and explanations, the score store and the BentoML service."""

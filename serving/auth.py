@@ -17,7 +17,7 @@ Only ``cshealth serve --no-auth`` turns authentication off. It starts the server
 fresh per-start id in `CSHEALTH_INSTANCE` and `CSHEALTH_NO_AUTH` set to
 `no_auth_marker(id)`; any other value of `CSHEALTH_NO_AUTH` (a leftover ``yes`` or ``1``
 in a shell) is refused, as is the marker together with a key (ambiguous), a blank key and
-neither key nor marker: `auth_from_env` raises `AuthConfigError` and the service does not
+neither key nor marker: `auth_settings` raises `AuthConfigError` and the service does not
 start rather than serve scores to anyone. ``cshealth serve`` drops any inherited
 `CSHEALTH_NO_AUTH` before it starts the server.
 """
@@ -28,8 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,21 +82,20 @@ class AuthSettings:
         return f"AuthSettings(disabled={self.disabled}, key={'***' if self.key else None})"
 
 
-def auth_from_env(environ: Mapping[str, str] | None = None) -> AuthSettings:
-    """Settings from `CSHEALTH_API_KEY` / the `--no-auth` marker; AuthConfigError otherwise."""
-    env = os.environ if environ is None else environ
-    raw_key = env.get(API_KEY_ENV)
-    if raw_key is not None and raw_key and not raw_key.strip():
-        raise AuthConfigError(f"{API_KEY_ENV} is blank (only whitespace): set a real key")
-    key = (raw_key or "").strip() or None
-    flag = env.get(NO_AUTH_ENV)
-    if not flag:
+def auth_settings(api_key: str | None, no_auth: str | None, instance: str | None) -> AuthSettings:
+    """Settings from the key and the `--no-auth` marker (see the module doc); or AuthConfigError.
+
+    The arguments are the `CSHEALTH_API_KEY`, `CSHEALTH_NO_AUTH` and `CSHEALTH_INSTANCE`
+    settings (`cshealth.settings.Settings`; a blank key is refused there).
+    """
+    key = (api_key or "").strip() or None
+    if not no_auth:
         return AuthSettings(key)
-    instance = (env.get(INSTANCE_ENV) or "").strip()
-    if not instance or flag != no_auth_marker(instance):
+    instance = (instance or "").strip()
+    if not instance or no_auth != no_auth_marker(instance):
         # A leftover variable must never switch authentication off.
         raise AuthConfigError(
-            f"{NO_AUTH_ENV} is set ({flag[:20]!r}) but only `cshealth serve --no-auth` can "
+            f"{NO_AUTH_ENV} is set ({no_auth[:20]!r}) but only `cshealth serve --no-auth` can "
             f"disable authentication: unset {NO_AUTH_ENV}"
         )
     if key:
@@ -126,12 +124,12 @@ class BearerAuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        settings: AuthSettings | None = None,
+        settings: AuthSettings,
         open_paths: Iterable[str] = OPEN_PATHS,
         open_docs: bool = True,
     ) -> None:
         self.app = app
-        self.settings = settings if settings is not None else auth_from_env()
+        self.settings = settings
         self.open_paths = frozenset(open_paths) | (DOC_PATHS if open_docs else frozenset())
         self.open_prefixes = DOC_PREFIXES if open_docs else ()
         self._key = _digest(self.settings.key.encode()) if self.settings.key else None

@@ -1,4 +1,4 @@
-"""The BentoML 1.4 service: a thin HTTP layer over `serving.app.HealthApp`.
+"""The BentoML 1.4 service: a thin HTTP layer over `serving.handlers.Handlers`.
 
 Run: ``bentoml serve serving.service:HealthService --port 3000`` (``cshealth serve``).
 
@@ -20,7 +20,7 @@ Endpoints (JSON in and out):
 * ``GET /accounts/{account_id}/explanation.svg``: the waterfall picture of the account's
   latest health (`serving.waterfall`; image/svg+xml); 404 for an unknown account.
   These three are a FastAPI app mounted into the service (`accounts_api`, class views
-  over the same `HealthApp`): the same middlewares (auth, limits, metrics) apply.
+  over the same `Handlers`): the same middlewares (auth, limits, metrics) apply.
 * BentoML's own ``/healthz``, ``/livez``, ``/readyz`` (503 until the models and the store
   are loaded and reachable: `HealthService.__is_ready__`), ``/metrics`` (Prometheus, with
   ``cshealth_batch_requests`` and ``cshealth_unknown_accounts_total`` added), and the
@@ -35,36 +35,31 @@ is read; `serving.middleware`); 404 an account without a stored score (GET paths
 the models' metadata (loc ``["rows", i, field]``) or invalid GET parameters (loc
 ``["query" | "path", name]``); 503 while not loaded or when the store is unreachable.
 /docs.json documents all of them per operation, and the bearer scheme
-(`complete_openapi`, installed by `serving.bentoml_patches.document_openapi`). Each
+(`serving.openapi.complete_openapi`, installed by `serving.bentoml_fixes`). Each
 rejected request is logged as one WARNING line (method, path, status, reason; control
 characters escaped), never with a traceback or the client's input.
 
-Hardening (see `serving.bentoml_patches`, `serving.middleware`, `serving.process`):
+Hardening (see `serving.bentoml_fixes`, `serving.middleware`, `serving.process`):
 the HTTP metrics are labelled by route (the account paths by their template, unknown
 paths share one label), the access log
 escapes control characters, answers carry ``X-CSHealth-Instance`` (the per-start id
 ``cshealth serve`` checks readiness against), and the worker stops when its parent dies.
 
-Environment: `CSHEALTH_API_KEY` (required; a blank key is refused; only ``cshealth serve
---no-auth`` can run without one, see `serving.auth`: otherwise importing this module
-prints one ``error:`` line and ``bentoml serve`` exits with status 2),
-`CSHEALTH_PARAMS`, `MLFLOW_TRACKING_URI`, `CSHEALTH_DB_URL` (see `HealthApp.from_env`),
-`CSHEALTH_WORKERS` (BentoML worker processes, default 1: on 2 cores one async worker
-with micro-batching serves more than two, see below),
-`CSHEALTH_LOAD_RETRY_S` (while loading fails, e.g. before the first `cshealth score`,
-retry this often; default 10), `CSHEALTH_BATCH_WAIT_MS` (extra wait to fill a batch,
-default 0: batches form only from requests arriving while one is scored),
-`CSHEALTH_MICROBATCH=0` (no micro-batching: each request scored on its own in a thread;
-for comparison in the benchmark), `CSHEALTH_BENTOML_TIMER_FIX=0` (leave BentoML's timeout
-middleware as it is; see `serving.bentoml_patches.fix_timeout_timer`).
+Settings: the environment is read once, at import, into `cshealth.settings.Settings`
+(`SETTINGS`; the README's settings table): the API key (required; a blank key is
+refused; only ``cshealth serve --no-auth`` can run without one, see `serving.auth`:
+otherwise importing this module prints one ``error:`` line and ``bentoml serve`` exits
+with status 2), the params file, the MLflow registry and the store, the worker count,
+the load retry interval and the batching knobs. The params file's ``serving:``,
+``health:`` and ``explanations:`` sections are read when the models load.
 
 Batching, measured (benchmarks/bench_serving.py, 2 cores, results/serving*.json): the
-`MicroBatcher` in `HealthApp` against one thread hop per request: single-account /score
+`MicroBatcher` in `Handlers` against one thread hop per request: single-account /score
 at 8 clients 1,184 vs 427 req/s (p99 10 vs 36 ms), at 32 clients 1,467 vs 511 req/s
 (p99 32 vs 103 ms); single-row /score_features at 8 clients 168 vs 21 req/s (one Scorer
 call costs ~25 ms whatever the row count, so coalescing is what makes it scale). Two
 workers on 2 cores: 952 req/s at 8 clients, below one worker. BentoML's adaptive
-batching does not fit these endpoints (see `serving.app`).
+batching does not fit these endpoints (see `serving.batching`).
 """
 
 from __future__ import annotations
@@ -72,99 +67,86 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from pydantic import Field
-from pydantic.json_schema import models_json_schema
 from starlette.responses import JSONResponse, Response
 
-from cshealth.errors import one_line
-from serving import bentoml_patches as patches
-from serving.api import (
+from cshealth.config import ConfigError, load_config
+from cshealth.errors import UserError, one_line
+from cshealth.files import withhold
+from cshealth.settings import Settings
+from serving import bentoml_fixes as fixes
+from serving.auth import (
+    AuthConfigError,
+    AuthSettings,
+    BearerAuthMiddleware,
+    auth_settings,
+    log_rejected,
+)
+from serving.errors import LoadError, NotReady, ServiceError
+from serving.handlers import MAX_OFFSET, Handlers
+from serving.middleware import BodyLimitMiddleware, InstanceMiddleware
+from serving.openapi import complete_openapi
+from serving.process import ParentWatchdog
+from serving.schemas import (
     MAX_ID_LENGTH,
     AccountHistory,
-    AccountId,
+    AccountIds,
     AccountList,
     ErrorBody,
+    FeatureRows,
     ModelInfo,
     ModelInfoRequest,
     ScoreFeaturesRequest,
     ScoreRequest,
     ScoreResponse,
-    Unauthorized,
 )
-from serving.app import MAX_OFFSET, PARAMS_ENV, HealthApp, LoadError, NotReady, ServiceError
-from serving.auth import (
-    INSTANCE_ENV,
-    OPEN_PATHS,
-    AuthConfigError,
-    AuthSettings,
-    BearerAuthMiddleware,
-    auth_from_env,
-    log_rejected,
-)
-from serving.middleware import BodyLimitMiddleware, InstanceMiddleware
-from serving.process import ParentWatchdog
 from serving.settings import ServingParams
 
 log = logging.getLogger("cshealth.service")
 
 
-def _auth_or_exit() -> AuthSettings:
-    """`auth_from_env`, or one `error:` line on stderr and exit 2 (no traceback)."""
+def _settings_or_exit() -> tuple[Settings, AuthSettings]:
+    """The settings and the auth they give, or one `error:` line on stderr and exit 2."""
     try:
-        return auth_from_env()
-    except AuthConfigError as err:
+        settings = Settings.from_env()
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        return settings, auth_settings(key, settings.no_auth, settings.instance)
+    except (UserError, AuthConfigError) as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 
-#: checked at import: `bentoml serve` exits with this error instead of serving unprotected
-AUTH = _auth_or_exit()
-WORKERS = int(os.environ.get("CSHEALTH_WORKERS") or 1)
+#: read at import: `bentoml serve` exits with this error instead of serving unprotected
+SETTINGS, AUTH = _settings_or_exit()
 REQUEST_TIMEOUT_S = 30
 
-AccountIds = Annotated[
-    list[AccountId],
-    Field(min_length=1, description="Account ids to look up in the newest scoring run (at "
-          "most serving.max_ids_per_request; repeated ids are answered once)."),
-]  # fmt: skip
-FeatureRows = Annotated[
-    list[dict[str, Any]],
-    Field(min_length=1, description="Feature rows: optional account_id and as_of, feature "
-          "values by name (see /model_info); absent or null features are missing. At most "
-          "serving.max_rows_per_request rows."),
-]  # fmt: skip
-
 _metrics: dict[str, Any] = {}
-
-
-if os.environ.get("CSHEALTH_BENTOML_TIMER_FIX", "1") != "0":
-    patches.fix_timeout_timer()
-patches.escape_access_log()
-patches.quiet_client_errors()
-patches.unknown_fields_are_422()
 
 
 def _serving_params() -> ServingParams:
     """The `serving:` parameters for the middlewares (defaults if the file is unusable:
     the loader then reports the problem and readiness stays 503)."""
-    from cshealth.config import ConfigError, load_config
-
-    path = os.environ.get(PARAMS_ENV)
     try:
-        return load_config(Path(path) if path else None).serving
+        return load_config(SETTINGS.params_file).serving
     except (ConfigError, OSError) as err:
         log.warning("serving parameters: %s (using the defaults)", one_line(str(err)))
         return ServingParams()
+
+
+def load_handlers(settings: Settings) -> Handlers:
+    """The handlers over the champions and the store, with the params file's sections."""
+    try:
+        cfg = load_config(settings.params_file)
+    except ConfigError as err:
+        raise LoadError(str(err)) from err
+    return Handlers.load(cfg.health, cfg.explanations, cfg.serving, settings)
 
 
 def _prometheus() -> dict[str, Any]:
@@ -185,11 +167,6 @@ def _prometheus() -> dict[str, Any]:
 def _observe_batch(endpoint: str) -> Any:
     hist = _prometheus()["batch"].labels(endpoint)
     return lambda calls, _items: hist.observe(calls)
-
-
-def _env_float(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    return float(text) if text else default
 
 
 def _error(err: ServiceError, path: str, method: str = "POST") -> JSONResponse:
@@ -257,23 +234,22 @@ async def _invalid_parameters(request: Request, exc: RequestValidationError) -> 
 @bentoml.asgi_app(accounts_api, path="/")
 @bentoml.service(
     name="cshealth",
-    workers=WORKERS,
+    workers=SETTINGS.workers,
     traffic={"timeout": REQUEST_TIMEOUT_S},
 )
 class HealthService:
     """Churn / expansion scores, health and explanations over HTTP (see the module doc)."""
 
     def __init__(self) -> None:
-        auth_from_env()  # the worker refuses too (defence in depth; see AUTH)
         if AUTH.disabled:
             log.warning("authentication is OFF (cshealth serve --no-auth): anyone who can "
                         "reach the port can score")  # fmt: skip
         # This runs in the worker: stop it when bentoml serve dies (see serving.process).
         self._watchdog = ParentWatchdog().start()
-        self.load_retry_s = _env_float("CSHEALTH_LOAD_RETRY_S", 10.0)
-        self.batch_wait_s = _env_float("CSHEALTH_BATCH_WAIT_MS", 0.0) / 1000
-        self.microbatch = os.environ.get("CSHEALTH_MICROBATCH", "1").strip() != "0"
-        self.app: HealthApp | None = None
+        withhold(SETTINGS.umask)  # what the worker writes (logs, stores) stays private
+        self.load_retry_s = SETTINGS.load_retry_s
+        self.microbatch = SETTINGS.microbatch
+        self.app: Handlers | None = None
         self.load_error = "loading the models and the score store"
         self._stop = threading.Event()
         self._loader = threading.Thread(target=self._load, name="cshealth-loader", daemon=True)
@@ -283,7 +259,7 @@ class HealthService:
         """Load in the background (readiness fails meanwhile); retry until it works."""
         while not self._stop.is_set():
             try:
-                app = HealthApp.from_env(batch_wait_s=self.batch_wait_s)
+                app = load_handlers(SETTINGS)
             except LoadError as err:
                 self.load_error = str(err)
                 log.error("not ready: %s (retrying in %g s)", err, self.load_retry_s)
@@ -312,7 +288,7 @@ class HealthService:
         if self.app is not None:
             self.app.close()
 
-    def _require(self) -> HealthApp:
+    def _require(self) -> Handlers:
         app = self.app
         if app is None:
             raise NotReady(f"not ready: {self.load_error}")
@@ -414,77 +390,16 @@ class HealthService:
         )
 
 
-# ----- the OpenAPI document (/docs.json) ------------------------------------------------------
-_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-_REF = "#/components/schemas/{model}"
-
-
-def _response(description: str, model: str) -> dict[str, Any]:
-    schema = {"$ref": _REF.format(model=model)}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
-    """BentoML's OpenAPI document plus the bearer scheme and the real error responses.
-
-    Every operation except the open probes needs ``Authorization: Bearer <key>`` (the
-    global ``security``; the probes and /metrics say ``security: []``) and documents:
-    401 (`Unauthorized`), 422 and 503 (`ErrorBody`); POST bodies also 400 (malformed
-    body) and 413 (over a request limit or the body size), GET /accounts 413 (limit),
-    the per-account paths 404 (no stored score). BentoML's generic 404 is dropped
-    where it cannot happen.
-    """
-    comps = spec.setdefault("components", {})
-    schemas = comps.setdefault("schemas", {})
-    _, defs = models_json_schema([(ErrorBody, "serialization"), (Unauthorized, "serialization")],
-                                 ref_template=_REF)  # fmt: skip
-    for name, schema in defs.get("$defs", {}).items():
-        schemas.setdefault(name, schema)
-    comps["securitySchemes"] = {"bearerAuth": {
-        "type": "http", "scheme": "bearer",
-        "description": "The service's API key (CSHEALTH_API_KEY): "
-                       "`Authorization: Bearer <key>`."}}  # fmt: skip
-    spec["security"] = [{"bearerAuth": []}]
-    for path, item in spec.get("paths", {}).items():
-        for method in _HTTP_METHODS:
-            op = item.get(method)
-            if not isinstance(op, dict):
-                continue
-            responses = {str(k): v for k, v in (op.get("responses") or {}).items()}
-            op["responses"] = responses
-            if path in OPEN_PATHS:
-                op["security"] = []
-                continue
-            responses["401"] = _response(
-                "Missing, malformed or wrong API key (send 'Authorization: Bearer <key>').",
-                "Unauthorized")  # fmt: skip
-            responses["422"] = _response(
-                "Invalid input, naming the field: loc, msg and type per problem.", "ErrorBody"
-            )
-            responses["503"] = _response(
-                "Not ready (models or store loading) or the score store unreachable; "
-                "retry after the Retry-After seconds.", "ErrorBody")  # fmt: skip
-            if method == "post":
-                responses["400"] = _response("Malformed JSON or a body not matching the "
-                                             "schema, naming the field.", "ErrorBody")  # fmt: skip
-                responses["413"] = _response(
-                    "Over a request limit (serving.max_ids_per_request / "
-                    "max_rows_per_request) or the body over serving.max_body_bytes.",
-                    "ErrorBody")  # fmt: skip
-            if path == "/accounts":
-                responses["413"] = _response("limit over max_ids_per_request.", "ErrorBody")
-            if "{account_id}" in path:
-                responses["404"] = _response("No stored score for this account.", "ErrorBody")
-            else:
-                responses.pop("404", None)
-            op["responses"] = dict(sorted(responses.items()))
-    return spec
-
-
-patches.document_openapi(complete_openapi)
-patches.label_metrics_by_route([*(api.route for api in HealthService.apis.values()),
-                                *ACCOUNT_ROUTES])  # fmt: skip
+# BentoML's defects, worked around (serving/bentoml_fixes.py says why, each)
+if SETTINGS.bentoml_timer_fix:
+    fixes.fix_timeout_timer()
+fixes.escape_access_log()
+fixes.quiet_client_errors()
+fixes.unknown_fields_are_422()
+fixes.document_openapi(complete_openapi)
+fixes.label_metrics_by_route([*(api.route for api in HealthService.apis.values()),
+                              *ACCOUNT_ROUTES])  # fmt: skip
 # outermost first: every answer names its instance; auth before the body is read
-HealthService.add_asgi_middleware(InstanceMiddleware, instance=os.environ.get(INSTANCE_ENV))
+HealthService.add_asgi_middleware(InstanceMiddleware, instance=SETTINGS.instance)
 HealthService.add_asgi_middleware(BearerAuthMiddleware, settings=AUTH)
 HealthService.add_asgi_middleware(BodyLimitMiddleware, limit=_serving_params().body_limit())

@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -134,28 +133,13 @@ class StoreError(UserError):
     """The score store cannot be opened or written; the message says what to do."""
 
 
-def db_url(default_file: Path) -> str:
-    """`CSHEALTH_DB_URL`, or a SQLite file (its folder created 0700) by default."""
-    url = os.environ.get(DB_URL_ENV)
+def db_url(default_file: Path, url: str | None = None) -> str:
+    """`url` (the `CSHEALTH_DB_URL` setting), else a SQLite file (its folder created 0700)."""
     if url:
         return url
     default_file = Path(default_file)
     private_dirs(default_file.parent)
     return f"sqlite:///{default_file}"
-
-
-def db_timeout() -> float:
-    """`CSHEALTH_DB_TIMEOUT` in seconds (default 60): how long a writer waits for a lock."""
-    text = os.environ.get(DB_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_DB_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 86400:
-        raise StoreError(f"{DB_TIMEOUT_ENV}={text!r} is not a number of seconds such as 60")
-    return value
 
 
 def _redact(url: str | sa.URL) -> str:
@@ -251,13 +235,18 @@ def _safe_reason(err: sa.exc.DBAPIError) -> str:
 class ScoreStore:
     """Reads and writes scores through SQLAlchemy; safe to share between threads."""
 
-    def __init__(self, url: str, create: bool = True) -> None:
-        """Open the store; with `create`, make missing tables (idempotent)."""
+    def __init__(
+        self, url: str, create: bool = True, timeout_s: float = DEFAULT_DB_TIMEOUT_S
+    ) -> None:
+        """Open the store; with `create`, make missing tables (idempotent).
+
+        `timeout_s`: how long a writer waits for another one's lock (`CSHEALTH_DB_TIMEOUT`).
+        """
         self.url = url
         parsed = _parse_url(url)
         self._shown = _redact(parsed)
         self._password = parsed.password or ""
-        self.timeout = db_timeout()
+        self.timeout = timeout_s
         self.is_postgres = parsed.get_backend_name() == "postgresql"
         path = _sqlite_file(parsed)
         if path is not None:

@@ -53,6 +53,9 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     startup_s: float = 0.0
+    #: what `bentoml serve` runs (a built Bento's tag for tests/test_bento.py) and where
+    target: str = "serving.service:HealthService"
+    cwd: Path = REPO
 
     @property
     def url(self) -> str:
@@ -63,9 +66,9 @@ class Server:
         bentoml = Path(sys.executable).with_name("bentoml")
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
-                [str(bentoml), "serve", "serving.service:HealthService", "--host", "127.0.0.1",
+                [str(bentoml), "serve", self.target, "--host", "127.0.0.1",
                  "--port", str(self.port)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         return self.proc

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,7 +54,7 @@ class ServingSetup:
         return f"sqlite:///{self.store_db}"
 
     def env(self) -> dict[str, str]:
-        """The variables `HealthApp.from_env` (and the service) read."""
+        """The variables the service reads (`cshealth.settings`) to load the handlers."""
         return {"MLFLOW_TRACKING_URI": self.mlflow_uri, "CSHEALTH_DB_URL": self.db_url,
                 "CSHEALTH_PARAMS": str(self.params)}  # fmt: skip
 
@@ -80,6 +81,21 @@ def environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def load_handlers() -> Any:
+    """`serving.service.load_handlers` on this process's settings, as the service loads.
+
+    Importing the service module needs an API key (it refuses to serve without one).
+    """
+    import sys
+
+    from cshealth.settings import Settings
+
+    if "serving.service" not in sys.modules:
+        with environ({"CSHEALTH_API_KEY": "import-only"}):
+            import serving.service  # noqa: F401
+    return sys.modules["serving.service"].load_handlers(Settings.from_env())
 
 
 def write_params(path: Path, gates: dict | None = None, lightgbm: dict | None = None) -> Path:

@@ -3,7 +3,7 @@
 One server per module (restarted once, for the retrain -> promote test at the end) over a
 private copy of the shared set-up's registry and store (`tests/serving_data.py`).
 Checks auth, open probe paths, limits, validation messages, per-item errors, that HTTP
-answers equal in-process `HealthApp` answers, a bounded schemathesis run without any
+answers equal in-process `Handlers` answers, a bounded schemathesis run without any
 5xx, and that a promoted retrained model is what the restarted service answers with.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import HealthApp
+from serving.handlers import Handlers
 from tests.http_server import AUTH, KEY, READY_TIMEOUT_S, Server
 from tests.http_server import free_port as _free_port
 from tests.serving_data import (
@@ -33,6 +33,7 @@ from tests.serving_data import (
     WORSE_LIGHTGBM,
     ServingSetup,
     environ,
+    load_handlers,
     serving_setup,
     write_params,
 )
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.slow
 class State:
     setup: ServingSetup  # the module's private copy of registry and store
     server: Server
-    app: HealthApp  # in-process, over the same registry and store
+    app: Handlers  # in-process, over the same registry and store
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> State:
     (root / "prom").mkdir()
     server = Server(env, root / "server.log")
     with environ(setup.env()):
-        app = HealthApp.from_env()
+        app = load_handlers()
     try:
         server.start()
         yield State(setup, server, app)

@@ -616,7 +616,7 @@ def test_windows_must_be_ordered() -> None:
 
 
 def test_empty_usage_events(tmp_path: Path) -> None:
-    """No events at all is a broken feed, not zero usage for every account (issue 10)."""
+    """No events at all is a broken feed, not zero usage for every account."""
     from features.io import ContractError
 
     frames = hb.tables()

@@ -1,4 +1,4 @@
-"""Feature sentences read as English for every feature and any value (issue 11).
+"""Feature sentences read as English for every feature and any value.
 
 Pure and fast: builds the feature catalog from metadata only, no data files.
 """

@@ -1,4 +1,4 @@
-"""The serving logic without a server: HealthApp, the micro-batcher, auth middleware.
+"""The serving logic without a server: Handlers, the micro-batcher, auth middleware.
 
 Uses the shared small set-up of `tests/serving_data.py` (simulated accounts, models trained
 with the repo's params, registered as champions, newest snapshot scored into SQLite).
@@ -26,16 +26,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from cshealth.config import load_config
-from serving.api import ScoreItem
-from serving.app import (
-    HealthApp,
-    LoadError,
-    MicroBatcher,
-    NotReady,
-    RequestError,
-    ServiceError,
-    pin_threads,
-)
+from cshealth.errors import UserError
+from cshealth.settings import Settings
 from serving.auth import (
     API_KEY_ENV,
     INSTANCE_ENV,
@@ -43,12 +35,24 @@ from serving.auth import (
     AuthConfigError,
     AuthSettings,
     BearerAuthMiddleware,
-    auth_from_env,
+    auth_settings,
     no_auth_marker,
 )
+from serving.batching import MicroBatcher
+from serving.errors import LoadError, NotReady, RequestError, ServiceError
+from serving.handlers import Handlers, pin_threads
 from serving.health import health_score
+from serving.schemas import ScoreItem
 from serving.store import ScoreStore
-from tests.serving_data import MAX_IDS, MAX_ROWS, REPO, ServingSetup, environ, serving_setup
+from tests.serving_data import (
+    MAX_IDS,
+    MAX_ROWS,
+    REPO,
+    ServingSetup,
+    environ,
+    load_handlers,
+    serving_setup,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,15 +71,15 @@ def prom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app(setup: ServingSetup) -> HealthApp:
-    """HealthApp over the champions (loaded from the registry) and the store."""
+def app(setup: ServingSetup) -> Handlers:
+    """Handlers over the champions (loaded from the registry) and the store."""
     with environ(setup.env()):
-        app = HealthApp.from_env()
+        app = load_handlers()
     yield app
     app.close()
 
 
-def _stored_rows(app: HealthApp, ids: list[str]) -> list[dict[str, Any]]:
+def _stored_rows(app: Handlers, ids: list[str]) -> list[dict[str, Any]]:
     feats = app.store.features(ids)
     return [{"account_id": a, "as_of": feats[a]["as_of"], **feats[a]["features"]} for a in ids]
 
@@ -85,7 +89,7 @@ def _chunks(items: list, n: int) -> list[list]:
 
 
 # ----- score by id ------------------------------------------------------------------------
-def test_known_ids_return_every_field(app: HealthApp, setup: ServingSetup) -> None:
+def test_known_ids_return_every_field(app: Handlers, setup: ServingSetup) -> None:
     ids = setup.ids[:3]
     res = app.score_ids(ids)
     assert res.errors == []
@@ -113,7 +117,7 @@ def test_known_ids_return_every_field(app: HealthApp, setup: ServingSetup) -> No
         assert all(v == round(v, 4) for v in d["components"].values())
 
 
-def test_components_add_up_to_health_minus_the_average(app: HealthApp, setup: ServingSetup) -> None:
+def test_components_add_up_to_health_minus_the_average(app: Handlers, setup: ServingSetup) -> None:
     """Every account's components sum to its health minus one baseline (up to rounding)."""
     items = [r for chunk in _chunks(setup.ids, MAX_IDS) for r in app.score_ids(chunk).results]
     base = np.array([r.health_score - sum(r.components.values()) for r in items])
@@ -122,21 +126,21 @@ def test_components_add_up_to_health_minus_the_average(app: HealthApp, setup: Se
     assert len(set(health)) > 0.9 * len(health)  # unrounded: distinct accounts rarely tie
 
 
-def test_unknown_id_fails_only_its_item(app: HealthApp, setup: ServingSetup) -> None:
+def test_unknown_id_fails_only_its_item(app: Handlers, setup: ServingSetup) -> None:
     res = app.score_ids([setup.ids[0], "no-such-account", setup.ids[1]])
     assert [r.account_id for r in res.results] == setup.ids[:2]
     assert [e.account_id for e in res.errors] == ["no-such-account"]
     assert "unknown account_id" in res.errors[0].error
 
 
-def test_duplicate_ids_are_answered_once(app: HealthApp, setup: ServingSetup) -> None:
+def test_duplicate_ids_are_answered_once(app: Handlers, setup: ServingSetup) -> None:
     a, b = setup.ids[:2]
     res = app.score_ids([a, b, a, "nope", "nope"])
     assert [r.account_id for r in res.results] == [a, b]
     assert [e.account_id for e in res.errors] == ["nope"]
 
 
-def test_id_limit_names_the_limit(app: HealthApp) -> None:
+def test_id_limit_names_the_limit(app: Handlers) -> None:
     with pytest.raises(RequestError) as exc:
         app.score_ids([f"id-{i}" for i in range(MAX_IDS + 1)])
     assert exc.value.status == 413
@@ -149,7 +153,7 @@ def test_id_limit_names_the_limit(app: HealthApp) -> None:
     [([], ["account_ids"]), (["ok", ""], ["account_ids", 1]), (["a\x00b"], ["account_ids", 0]),
      ([1], ["account_ids", 0]), ("abc", ["account_ids"]), (["x" * 129], ["account_ids", 0])],
 )  # fmt: skip
-def test_invalid_ids_name_the_field(app: HealthApp, ids: Any, loc: list) -> None:
+def test_invalid_ids_name_the_field(app: Handlers, ids: Any, loc: list) -> None:
     with pytest.raises(RequestError) as exc:
         app.score_ids(ids)
     assert exc.value.status == 422
@@ -158,7 +162,7 @@ def test_invalid_ids_name_the_field(app: HealthApp, ids: Any, loc: list) -> None
 
 
 # ----- score explicit rows ----------------------------------------------------------------
-def test_stored_features_rescore_to_the_stored_scores(app: HealthApp, setup: ServingSetup) -> None:
+def test_stored_features_rescore_to_the_stored_scores(app: Handlers, setup: ServingSetup) -> None:
     """HTTP-free equivalence: /score_features of the stored snapshot == the batch scores."""
     for chunk in _chunks(setup.ids, MAX_IDS):
         stored = {r.account_id: r for r in app.score_ids(chunk).results}
@@ -173,7 +177,7 @@ def test_stored_features_rescore_to_the_stored_scores(app: HealthApp, setup: Ser
             assert r.name is None and r.csm_id is None
 
 
-def test_scorer_probabilities_equal_the_models(app: HealthApp, setup: ServingSetup) -> None:
+def test_scorer_probabilities_equal_the_models(app: Handlers, setup: ServingSetup) -> None:
     """The churn probability taken from the explanation's raw score is the model's own."""
     import numpy as np
     import pandas as pd
@@ -191,7 +195,7 @@ def test_scorer_probabilities_equal_the_models(app: HealthApp, setup: ServingSet
     np.testing.assert_allclose(got_exp, models.expansion.predict_proba(full), rtol=0, atol=1e-12)
 
 
-def test_missing_features_are_allowed_and_flagged(app: HealthApp) -> None:
+def test_missing_features_are_allowed_and_flagged(app: Handlers) -> None:
     names = app.feature_names
     numeric = next(f.name for f in app.features if not f.categorical)
     categorical = next(f.name for f in app.features if f.categorical)
@@ -211,13 +215,13 @@ def test_missing_features_are_allowed_and_flagged(app: HealthApp) -> None:
     assert all(0 <= r.health_score <= 100 for r in res.results)
 
 
-def test_row_account_id_and_as_of_are_echoed(app: HealthApp) -> None:
+def test_row_account_id_and_as_of_are_echoed(app: Handlers) -> None:
     res = app.score_rows([{"account_id": "acme", "as_of": "2026-01-02"}])
     assert res.results[0].account_id == "acme"
     assert res.results[0].as_of.isoformat() == "2026-01-02"
 
 
-def _feature(app: HealthApp, categorical: bool, bounded: bool = False) -> str:
+def _feature(app: Handlers, categorical: bool, bounded: bool = False) -> str:
     return next(f.name for f in app.features if f.categorical == categorical
                 and (not bounded or f.min_value is not None))  # fmt: skip
 
@@ -231,7 +235,7 @@ def _feature(app: HealthApp, categorical: bool, bounded: bool = False) -> str:
      ("as_of", "2026-13-01", "date_from_datetime_parsing"), ("account_id", "", "string_too_short")],
 )  # fmt: skip
 def test_row_validation_names_row_and_field(
-    app: HealthApp, kind: str, value: Any, error_type: str
+    app: Handlers, kind: str, value: Any, error_type: str
 ) -> None:
     field = {"numeric": _feature(app, False), "bounded": _feature(app, False, bounded=True),
              "categorical": _feature(app, True), "unknown": "not_a_feature",
@@ -249,7 +253,7 @@ def test_row_validation_names_row_and_field(
 
 @pytest.mark.parametrize(("rows", "status"), [([], 422), ("x", 422), ([5], 422),
                                               ([{}] * (MAX_ROWS + 1), 413)])  # fmt: skip
-def test_row_limits_and_shapes(app: HealthApp, rows: Any, status: int) -> None:
+def test_row_limits_and_shapes(app: Handlers, rows: Any, status: int) -> None:
     with pytest.raises(RequestError) as exc:
         app.score_rows(rows)
     assert exc.value.status == status
@@ -258,7 +262,7 @@ def test_row_limits_and_shapes(app: HealthApp, rows: Any, status: int) -> None:
 
 
 # ----- model info, readiness, loading ----------------------------------------------------------
-def test_model_info(app: HealthApp, setup: ServingSetup) -> None:
+def test_model_info(app: Handlers, setup: ServingSetup) -> None:
     info = app.model_info()
     assert info.model_version == {"churn": "1", "expansion": "1"}
     churn = info.models["churn"]
@@ -286,9 +290,9 @@ def test_model_info(app: HealthApp, setup: ServingSetup) -> None:
     info.model_dump_json()  # JSON-safe (no NaN)
 
 
-def test_unreachable_store_is_503_not_a_crash(app: HealthApp, tmp_path: Path) -> None:
+def test_unreachable_store_is_503_not_a_crash(app: Handlers, tmp_path: Path) -> None:
     store = ScoreStore(f"sqlite:///{tmp_path}/missing/dir/x.db", create=False)
-    bad = HealthApp(app.scorer, store, app.limits)
+    bad = Handlers(app.scorer, store, app.limits)
     try:
         assert bad.ready() is False
         with pytest.raises(NotReady) as exc:
@@ -300,25 +304,25 @@ def test_unreachable_store_is_503_not_a_crash(app: HealthApp, tmp_path: Path) ->
         bad.close()
 
 
-def test_from_env_without_champion(tmp_path: Path, setup: ServingSetup) -> None:
+def test_load_without_champion(tmp_path: Path, setup: ServingSetup) -> None:
     env = {**setup.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/empty-mlflow.db"}
     with environ(env), pytest.raises(LoadError, match="champion"):
-        HealthApp.from_env()
+        load_handlers()
 
 
-def test_from_env_without_scoring_run(tmp_path: Path, setup: ServingSetup) -> None:
+def test_load_without_scoring_run(tmp_path: Path, setup: ServingSetup) -> None:
     env = {**setup.env(), "CSHEALTH_DB_URL": f"sqlite:///{tmp_path}/empty.db"}
     with environ(env), pytest.raises(LoadError, match="cshealth score"):
-        HealthApp.from_env()
+        load_handlers()
 
 
-def test_from_env_bad_params(tmp_path: Path, setup: ServingSetup) -> None:
+def test_load_bad_params(tmp_path: Path, setup: ServingSetup) -> None:
     with environ({**setup.env(), "CSHEALTH_PARAMS": str(tmp_path / "nope.yaml")}), \
             pytest.raises(LoadError, match="not found"):  # fmt: skip
-        HealthApp.from_env()
+        load_handlers()
 
 
-def test_pinned_models_predict_the_same(app: HealthApp, setup: ServingSetup) -> None:
+def test_pinned_models_predict_the_same(app: Handlers, setup: ServingSetup) -> None:
     import pandas as pd
 
     frame = pd.read_parquet(setup.snapshots).head(50)
@@ -339,8 +343,8 @@ def test_pinned_models_predict_the_same(app: HealthApp, setup: ServingSetup) -> 
 
 
 # ----- micro-batching ---------------------------------------------------------------------
-def test_concurrent_requests_are_batched(app: HealthApp, setup: ServingSetup) -> None:
-    app_b = HealthApp(app.scorer, app.store, app.limits)  # fresh batch counters
+def test_concurrent_requests_are_batched(app: Handlers, setup: ServingSetup) -> None:
+    app_b = Handlers(app.scorer, app.store, app.limits)  # fresh batch counters
 
     async def burst() -> list[Any]:
         calls = [app_b.ascore_ids([a]) for a in setup.ids[:20]]
@@ -362,7 +366,7 @@ def test_concurrent_requests_are_batched(app: HealthApp, setup: ServingSetup) ->
     app_b.row_batcher.close()
 
 
-def test_a_failing_request_does_not_fail_its_batch(app: HealthApp) -> None:
+def test_a_failing_request_does_not_fail_its_batch(app: Handlers) -> None:
     class Flaky:
         models = app.scorer.models
 
@@ -371,7 +375,7 @@ def test_a_failing_request_does_not_fail_its_batch(app: HealthApp) -> None:
                 raise RuntimeError("kaboom")
             return app.scorer.score(frame, **kw)
 
-    flaky = HealthApp(app.scorer, app.store, app.limits)
+    flaky = Handlers(app.scorer, app.store, app.limits)
     flaky.scorer = Flaky()  # type: ignore[assignment]
     ok, bad = flaky.score_rows_batch([[{"account_id": "ok"}], [{"account_id": "boom"}]])
     assert ok.results[0].account_id == "ok"
@@ -448,18 +452,25 @@ def test_auth_docs_can_be_closed() -> None:
     assert client.get("/readyz").status_code == 200
 
 
+def _auth_from_env(env: dict[str, str]) -> AuthSettings:
+    """As the service does: the settings of `env`, then the auth they give."""
+    s = Settings.from_env(env)
+    key = s.api_key.get_secret_value() if s.api_key is not None else None
+    return auth_settings(key, s.no_auth, s.instance)
+
+
 def test_auth_settings_from_env() -> None:
     marker = {INSTANCE_ENV: "i-1", NO_AUTH_ENV: no_auth_marker("i-1")}
-    assert auth_from_env({API_KEY_ENV: "k"}) == AuthSettings("k")
-    assert auth_from_env(marker).disabled  # only the marker of `cshealth serve --no-auth`
+    assert _auth_from_env({API_KEY_ENV: "k"}) == AuthSettings("k")
+    assert _auth_from_env(marker).disabled  # only the marker of `cshealth serve --no-auth`
     for env, why in [({}, API_KEY_ENV), ({API_KEY_ENV: "  "}, "blank"),
                      ({NO_AUTH_ENV: "1"}, "only `cshealth serve --no-auth`"),
                      ({NO_AUTH_ENV: "yes", API_KEY_ENV: "k"}, "only `cshealth serve --no-auth`"),
                      ({NO_AUTH_ENV: no_auth_marker("i-1")}, "only"),  # without its instance
                      ({**marker, INSTANCE_ENV: "i-2"}, "only"),
                      ({**marker, API_KEY_ENV: "k"}, "ambiguous")]:  # fmt: skip
-        with pytest.raises(AuthConfigError, match=re.escape(why)):
-            auth_from_env(env)
+        with pytest.raises((AuthConfigError, UserError), match=re.escape(why)):
+            _auth_from_env(env)
     client = _tiny(AuthSettings(None, disabled=True))
     assert client.post("/score").status_code == 200
 
@@ -479,10 +490,15 @@ def test_service_refuses_to_start_without_a_key(tmp_path: Path) -> None:
 
 
 # ----- the BentoML service class in-process -----------------------------------------------------
-def _service_client() -> TestClient:
-    """The BentoML service class as an in-process ASGI app (env set by the caller)."""
+def _service_client(monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    """The BentoML service class as an in-process ASGI app (env set by the caller).
+
+    The module reads the settings once, at import (maybe earlier in this process):
+    the worker here gets the caller's.
+    """
     import serving.service as svc
 
+    monkeypatch.setattr(svc, "SETTINGS", Settings.from_env())
     return TestClient(svc.HealthService.to_asgi())
 
 
@@ -503,8 +519,11 @@ def test_service_in_process(setup: ServingSetup, tmp_path: Path, prom_dir: Path,
     # gc.freeze() suits a server process; in the test process it would keep every object
     # alive until exit (and extension modules then report them as leaks).
     monkeypatch.setattr("serving.service.gc.freeze", lambda: None)
-    h = {"Authorization": "Bearer k"}
-    with _service_client() as client:
+    import serving.service as svc
+
+    # the middleware holds the key of the module's first import in this process
+    h = {"Authorization": f"Bearer {svc.AUTH.key}"}
+    with _service_client(monkeypatch) as client:
         time.sleep(0.5)
         assert client.get("/livez").status_code == 200
         assert client.get("/readyz").status_code == 503
@@ -571,8 +590,8 @@ def _run_row(i: int, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def hand(app: HealthApp, tmp_path: Path) -> HealthApp:
-    """A HealthApp over the module's models and a store of two hand-made runs.
+def hand(app: Handlers, tmp_path: Path) -> Handlers:
+    """A Handlers over the module's models and a store of two hand-made runs.
 
     run0: a (health 70), b (40); run1 (newest, base_health 55, a peer table): a (45, red,
     csm-1), b (80, green, csm-1), c (20, red, csm-2), d (35, red, csm-1, enterprise),
@@ -592,12 +611,12 @@ def hand(app: HealthApp, tmp_path: Path) -> HealthApp:
          _score_row("d", 35.0, "red", "csm-1", "enterprise"),
          _score_row("e", 60.0, "yellow", "csm-1", None, **legacy)], [],
     )  # fmt: skip
-    hand = HealthApp(app.scorer, store, app.limits)
+    hand = Handlers(app.scorer, store, app.limits)
     yield hand
     hand.close()
 
 
-def test_history_is_oldest_first_with_reasons(hand: HealthApp) -> None:
+def test_history_is_oldest_first_with_reasons(hand: Handlers) -> None:
     h = hand.account_history("a")
     assert h.account_id == "a"
     assert [r.run_id for r in h.runs] == ["run0", "run1"]
@@ -613,7 +632,7 @@ def test_history_is_oldest_first_with_reasons(hand: HealthApp) -> None:
     h.model_dump_json()
 
 
-def test_list_accounts_by_csm_and_band(hand: HealthApp) -> None:
+def test_list_accounts_by_csm_and_band(hand: Handlers) -> None:
     page = hand.list_accounts(csm_id="csm-1", band="red")
     assert page.run_id == "run1" and page.as_of.isoformat() == "2026-01-02"
     assert [r.account_id for r in page.results] == ["d", "a"]  # lowest health first
@@ -632,7 +651,7 @@ def test_list_accounts_by_csm_and_band(hand: HealthApp) -> None:
     assert len(hand.list_accounts(limit=MAX_IDS).results) == 5  # at the limit
 
 
-def test_older_rows_with_null_lists_read_as_empty(hand: HealthApp) -> None:
+def test_older_rows_with_null_lists_read_as_empty(hand: Handlers) -> None:
     item = hand.score_ids(["e"]).results[0]
     assert item.expansion_reasons == [] and item.context == [] and item.plays == []
     assert item.name is None and item.segment is None and item.changes is None
@@ -645,7 +664,7 @@ def test_older_rows_with_null_lists_read_as_empty(hand: HealthApp) -> None:
      ({"limit": MAX_IDS + 1}, 413, ["limit"]), ({"offset": -1}, 422, ["offset"]),
      ({"csm_id": ""}, 422, ["csm_id"]), ({"segment": "a\nb"}, 422, ["segment"])],
 )  # fmt: skip
-def test_list_accounts_validates(hand: HealthApp, kwargs: dict, status: int, loc: list) -> None:
+def test_list_accounts_validates(hand: Handlers, kwargs: dict, status: int, loc: list) -> None:
     with pytest.raises(RequestError) as exc:
         hand.list_accounts(**kwargs)
     assert exc.value.status == status and exc.value.detail[0]["loc"] == loc
@@ -653,7 +672,7 @@ def test_list_accounts_validates(hand: HealthApp, kwargs: dict, status: int, loc
         assert f"max_ids_per_request={MAX_IDS}" in exc.value.message
 
 
-def test_unknown_or_invalid_account_is_404_or_422(hand: HealthApp) -> None:
+def test_unknown_or_invalid_account_is_404_or_422(hand: Handlers) -> None:
     for call in (hand.account_history, hand.explanation_svg):
         with pytest.raises(ServiceError) as exc:
             call("no-such-account")
@@ -665,7 +684,7 @@ def test_unknown_or_invalid_account_is_404_or_422(hand: HealthApp) -> None:
             assert exc.value.status == 422 and exc.value.detail[0]["loc"] == ["account_id"]
 
 
-def test_explanation_svg_is_well_formed(hand: HealthApp) -> None:
+def test_explanation_svg_is_well_formed(hand: Handlers) -> None:
     import xml.etree.ElementTree as ET
 
     svg = hand.explanation_svg("a")
@@ -676,11 +695,11 @@ def test_explanation_svg_is_well_formed(hand: HealthApp) -> None:
     assert "<script" not in svg
 
 
-def test_explanation_svg_without_base_health_uses_the_scorer(hand: HealthApp,
+def test_explanation_svg_without_base_health_uses_the_scorer(hand: Handlers,
                                                              tmp_path: Path) -> None:  # fmt: skip
     store = ScoreStore(f"sqlite:///{tmp_path / 'nobase.db'}")
     store.write_run(_run_row(0), [_score_row("a", 70.0, "green", "csm-1", "smb")], [])
-    app = HealthApp(hand.scorer, store, hand.limits)
+    app = Handlers(hand.scorer, store, hand.limits)
     try:
         svg = app.explanation_svg("a")
         assert f"{hand.scorer.base_health:.0f} for an average account" in svg
@@ -688,9 +707,9 @@ def test_explanation_svg_without_base_health_uses_the_scorer(hand: HealthApp,
         app.close()
 
 
-def test_store_failure_is_503_for_the_account_calls(app: HealthApp, tmp_path: Path) -> None:
+def test_store_failure_is_503_for_the_account_calls(app: Handlers, tmp_path: Path) -> None:
     store = ScoreStore(f"sqlite:///{tmp_path}/missing/dir/x.db", create=False)
-    bad = HealthApp(app.scorer, store, app.limits)
+    bad = Handlers(app.scorer, store, app.limits)
     try:
         for call in (lambda: bad.account_history("a"), lambda: bad.list_accounts(),
                      lambda: bad.explanation_svg("a")):  # fmt: skip
@@ -701,9 +720,9 @@ def test_store_failure_is_503_for_the_account_calls(app: HealthApp, tmp_path: Pa
         bad.close()
 
 
-def test_current_peers_follow_the_newest_run(hand: HealthApp, monkeypatch: pytest.MonkeyPatch
+def test_current_peers_follow_the_newest_run(hand: Handlers, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:  # fmt: skip
-    import serving.app as app_module
+    import serving.handlers as app_module
 
     reads = 0
     real = hand.store.latest_run
@@ -725,7 +744,7 @@ def test_current_peers_follow_the_newest_run(hand: HealthApp, monkeypatch: pytes
     assert reads == 2
 
 
-def test_score_rows_pass_the_peer_table(hand: HealthApp) -> None:
+def test_score_rows_pass_the_peer_table(hand: Handlers) -> None:
     seen: list[Any] = []
 
     class Spy:
@@ -736,7 +755,7 @@ def test_score_rows_pass_the_peer_table(hand: HealthApp) -> None:
             seen.append(peers)
             return hand.scorer.score(frame)  # (the hand-made table is not a real one)
 
-    spied = HealthApp(hand.scorer, hand.store, hand.limits)
+    spied = Handlers(hand.scorer, hand.store, hand.limits)
     spied.scorer = Spy()  # type: ignore[assignment]
     try:
         assert spied.score_rows([{"account_id": "x"}]).results[0].account_id == "x"
@@ -748,11 +767,9 @@ def test_score_rows_pass_the_peer_table(hand: HealthApp) -> None:
 
 def test_route_labels_bound_the_metrics() -> None:
     """Metrics label a path by its route template; anything else shares one label."""
-    import bentoml
 
-    from serving.bentoml_patches import PATCHED_VERSION, UNMATCHED, RouteLabels
+    from serving.bentoml_fixes import UNMATCHED, RouteLabels
 
-    assert bentoml.__version__ == PATCHED_VERSION  # an upgrade: re-check every patch
     route = RouteLabels(["/score", "/accounts", "/accounts/{account_id:path}/history",
                          "/accounts/{account_id:path}/explanation.svg"])  # fmt: skip
     assert route("/score") == "/score" and route("/accounts") == "/accounts"

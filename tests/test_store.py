@@ -112,12 +112,12 @@ def test_latest_features_are_kept_for_online_lookup(store: ScoreStore) -> None:
     assert got["A"]["features"] == {"seats": 3.0, "x": None} and got["A"]["as_of"] == "2026-01-02"
 
 
-def test_default_url_is_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CSHEALTH_DB_URL", raising=False)
+def test_default_url_is_a_sqlite_file(tmp_path: Path) -> None:
     url = db_url(tmp_path / "sub" / "scores.db")
     assert url == f"sqlite:///{tmp_path / 'sub' / 'scores.db'}" and (tmp_path / "sub").is_dir()
-    monkeypatch.setenv("CSHEALTH_DB_URL", "postgresql+psycopg://u:secret@h/db")
-    assert db_url(tmp_path) == "postgresql+psycopg://u:secret@h/db"
+    assert db_url(tmp_path, "postgresql+psycopg://u:secret@h/db") == (
+        "postgresql+psycopg://u:secret@h/db"
+    )
     assert "secret" not in repr(ScoreStore("postgresql+psycopg://u:secret@h/db", create=False))
 
 

@@ -1,1 +1,1 @@
-"""Model training, backtest, calibration and the MLflow registry (issue 4)."""
+"""Model training, walk-forward backtest, calibration, explanations and the MLflow registry."""

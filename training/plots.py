@@ -10,6 +10,12 @@ walk-forward backtest (every contender on the same rows):
 * `shap_bar` and `shap_beeswarm`: `shap.summary_plot` on at most `SHAP_SAMPLE` rows;
 * `shap_families`: mean |SHAP| summed per feature family.
 
+`write_plot_data` writes the numbers behind the curves beside them as CSV (e.g.
+`churn_roc.csv`), declared as DVC plots in `dvc.yaml` so that `dvc plots diff` overlays
+runs and experiments: `roc` (each contender's true positive rate at 101 evenly spaced
+false positive rates), `calibration` (LightGBM's 10 bins), `lift` (per decile and
+contender) and `backtest_auc` (each contender's ROC AUC per backtest origin).
+
 matplotlib (Agg) and shap are imported inside `write_plots` only: importing this
 module costs nothing and has no side effects.
 """
@@ -52,6 +58,10 @@ _STYLE = {
 _LABEL = {"lightgbm": "LightGBM", "logistic": "Logistic regression", "rules": "Rule score",
           "oracle": "Oracle (true probability)"}  # fmt: skip
 DPI = 110
+#: data files written per target by `write_plot_data`, in order: f"{target}_{name}.csv"
+DATA_NAMES = ("roc", "calibration", "lift", "backtest_auc")
+#: false positive rates (evenly spaced over [0, 1]) at which `roc.csv` gives each ROC
+ROC_POINTS = 101
 
 
 def plot_paths(out_dir: Path, targets: list[str]) -> list[Path]:
@@ -88,6 +98,84 @@ def write_plots(result: TrainResult, snaps: SnapshotTable, out_dir: Path) -> lis
                 written.append(_save(fig, out_dir / f"{target}_{name}.png"))
             written += _shap_plots(plt, res, snaps, out_dir, target, title)
     return written
+
+
+def plot_data_paths(out_dir: Path, targets: list[str]) -> list[Path]:
+    """The files `write_plot_data` writes for `targets`, in its order."""
+    return [Path(out_dir) / f"{t}_{name}.csv" for t in targets for name in DATA_NAMES]
+
+
+def write_plot_data(result: TrainResult, out_dir: Path) -> list[Path]:
+    """Write the data behind every target's curves as CSV into `out_dir` (atomically).
+
+    Every contender has its column, empty where it has no value (no truth file: no
+    oracle), so `dvc.yaml` can name the same fields for every run.
+    """
+    from features.io import write_text
+
+    written = []
+    for target, res in result.targets.items():
+        for name, table in plot_tables(res).items():
+            path = Path(out_dir) / f"{target}_{name}.csv"
+            write_text(table.to_csv(index=False, float_format="%.6g"), path)
+            written.append(path)
+    return written
+
+
+def plot_tables(res: TargetResult) -> dict[str, pd.DataFrame]:
+    """The tables behind one target's curves, keyed as in `DATA_NAMES`."""
+    test = res.backtest.predictions
+    names = [c for c in CONTENDERS if c in test.columns] if len(test) else []
+    return {"roc": roc_table(test, names), "calibration": calibration_table(test),
+            "lift": lift_table(test, names),
+            "backtest_auc": origin_table(res.backtest.per_origin)}  # fmt: skip
+
+
+def roc_table(test: pd.DataFrame, names: list[str], points: int = ROC_POINTS) -> pd.DataFrame:
+    """Each contender's true positive rate at `points` evenly spaced false positive rates.
+
+    The value at a rate is the ROC step's: the best recall with at most that rate of false
+    positives (curves of different runs share the x values, so they overlay).
+    """
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0.0, 1.0, points)
+    out = pd.DataFrame({"fpr": grid, **{c: np.nan for c in CONTENDERS}})
+    for name in names:
+        y, p = _scored(test, name)
+        if len(np.unique(y)) == 2:
+            fpr, tpr, _ = roc_curve(y, p)  # fpr starts at 0 and never decreases
+            out[name] = tpr[np.searchsorted(fpr, grid, side="right") - 1]
+    return out
+
+
+def calibration_table(test: pd.DataFrame) -> pd.DataFrame:
+    """LightGBM's calibration bins (1 = lowest scores): mean predicted, observed rate, rows."""
+    cols = ["bin", "predicted", "observed", "rows"]
+    if "lightgbm" not in test.columns or not len(test):
+        return pd.DataFrame(columns=cols)
+    y, p = _scored(test, "lightgbm")
+    b = calibration_bins(y, np.clip(p, 0, 1)).reset_index(drop=True)
+    return b.assign(bin=np.arange(1, len(b) + 1))[cols]
+
+
+def lift_table(test: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Each contender's positive rate per risk decile (1 = highest scores) over the base rate."""
+    out = pd.DataFrame({"decile": np.arange(1, 11), **{c: np.nan for c in CONTENDERS}})
+    for name in names:
+        out[name] = decile_lift(*_scored(test, name))
+    return out
+
+
+def origin_table(per_origin: list[dict]) -> pd.DataFrame:
+    """Each contender's ROC AUC per backtest origin (1 = oldest), with its date and size."""
+    cols = ["origin", "as_of", "rows", "positives", "trees", *CONTENDERS]
+    return pd.DataFrame(
+        [{"origin": i, "as_of": o["origin"], "rows": o["rows"], "positives": o["positives"],
+          "trees": o["trees"], **{c: o.get(f"{c}_roc_auc", np.nan) for c in CONTENDERS}}
+         for i, o in enumerate(per_origin, start=1)],
+        columns=cols,
+    )  # fmt: skip
 
 
 # ----- curves ------------------------------------------------------------------------

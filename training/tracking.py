@@ -10,8 +10,13 @@ params file as an artifact), every pooled backtest metric as
 `<target>.<contender>.<metric>` (with `_lo` / `_hi` interval bounds; NaN skipped),
 the feature list (`features.json`), each target's out-of-time backtest predictions
 (`backtest/<target>.parquet`: the evidence later challengers are compared on), the
-snapshot table's sha256, the git commit, the plots, `metrics.json`, and one model per
-declared target, registered as `cshealth-<target>` (see `training.pyfunc`).
+snapshot table as the dataset input `snapshots` (schema, row count; its digest and a
+tag are the file's sha256), the git commit, the plots, `metrics.json`, and one model per
+declared target, registered as `cshealth-<target>`. Each model is self-contained (see
+`training.pyfunc`: the code it imports and its pinned requirements travel with it) and
+carries its model card (`model_card`: targets, training window, backtest metrics with
+intervals, features, intended use) as `model_card.md`, as the logged model's
+description and as the registered version's description.
 
 Promotion (`decide`, per target): with no champion yet, the new version becomes
 champion (a user is never left without scores); when it does not beat the best
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
+    from cshealth.settings import Settings
     from features.snapshots import SnapshotTable
     from training.model import HealthModel
     from training.settings import Gates
@@ -102,7 +108,7 @@ def tracking_uri() -> str:
     variables (see `_adopt_credentials`): the URI returned never holds a password.
     """
     _adopt_credentials()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = _settings().mlflow_uri
     db = _sqlite_path(uri)
     if db is not None and not db.is_absolute():
         uri = f"sqlite:///{db.resolve()}"
@@ -136,7 +142,7 @@ def _adopt_credentials() -> None:
     password included, in its errors ("API request to http://user:pw@... failed"); the
     two variables are its documented way to authenticate and appear in no message.
     """
-    clean, user, password = _split_userinfo(os.environ.get("MLFLOW_TRACKING_URI") or "")
+    clean, user, password = _split_userinfo(_settings().mlflow_uri)
     if user is None:
         return
     os.environ[USERNAME_ENV] = user
@@ -146,8 +152,15 @@ def _adopt_credentials() -> None:
     log.debug("mlflow: credentials for %s taken from MLFLOW_TRACKING_URI", clean)
 
 
+def _settings() -> Settings:
+    """The environment's settings (`cshealth.settings`): read anew, tests change it."""
+    from cshealth.settings import Settings
+
+    return Settings.from_env()
+
+
 def experiment_name() -> str:
-    return os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    return _settings().mlflow_experiment
 
 
 def registered_name(target: str) -> str:
@@ -199,11 +212,17 @@ def _auth_header(user: str | None, password: str | None) -> str | None:
     import base64
 
     if user is None:
-        user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+        settings = _settings()
+        user = settings.mlflow_username
+        password = _secret(settings.mlflow_password)
     if user:
         return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-    token = os.environ.get(TOKEN_ENV)
+    token = _secret(_settings().mlflow_token)
     return f"Bearer {token}" if token else None
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _probe(uri: str, timeout: float) -> None:
@@ -594,8 +613,12 @@ class RunRecord:
     decisions: dict[str, Decision]
 
 
-def _log_model(target: str, model: HealthModel, examples: Any) -> tuple[int, str]:
-    """Log one HealthModel as a registered pyfunc; (version, model_id)."""
+def _log_model(target: str, model: HealthModel, examples: Any, card: str) -> tuple[int, str]:
+    """Log one HealthModel as a self-contained registered pyfunc; (version, model_id).
+
+    Shipped with it: the modules the pyfunc imports (`code/`), its pinned requirements
+    and `card` as `model_card.md` beside `MLmodel` (also the logged model's description).
+    """
     import mlflow
 
     from training import pyfunc
@@ -608,12 +631,18 @@ def _log_model(target: str, model: HealthModel, examples: Any) -> tuple[int, str
             name=f"{target}_model",
             python_model=str(entry),
             artifacts={pyfunc.ARTIFACT_KEY: str(folder)},
+            code_paths=pyfunc.stage_code(Path(tmp) / "code"),
             signature=pyfunc.signature(model),
             input_example=pyfunc.input_example(model, examples),
             pip_requirements=pyfunc.pip_requirements(),
             registered_model_name=registered_name(target),
             await_registration_for=60,
         )
+        card_file = Path(tmp) / MODEL_CARD
+        card_file.write_text(card, encoding="utf-8")
+        c = mlflow.MlflowClient()
+        c.log_model_artifact(info.model_id, str(card_file))
+        c.set_logged_model_tags(info.model_id, {NOTE_TAG: card[:_NOTE_LIMIT]})
     return int(info.registered_model_version), info.model_id
 
 
@@ -633,26 +662,104 @@ def _version_tags(tr: TargetResult) -> dict[str, str]:
     return tags
 
 
-def model_card(tr: TargetResult) -> str:
-    """The registered version's description: what it predicts, on what, how well."""
-    info, m = tr.model.info, tr.metrics["lightgbm"]
-    lo, hi = tr.backtest.intervals["lightgbm"].get("roc_auc", (math.nan, math.nan))
+#: the model card's file name inside a logged model (beside `MLmodel`)
+MODEL_CARD = "model_card.md"
+#: the tag MLflow shows as a description
+NOTE_TAG = "mlflow.note.content"
+_NOTE_LIMIT = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_DESCRIPTION_LIMIT = 5000  # a registered version's description column (SQL stores)
+INTENDED_USE = (
+    "Rank and explain accounts for Customer Success follow-up; not for automated decisions "
+    "about a customer without a person reviewing them. Scores are only as current as the "
+    "snapshot they are computed on, and assume the features of `cshealth features` "
+    "(point in time, same definitions)."
+)
+
+
+def training_window(snaps: SnapshotTable, target: str) -> tuple[str, str]:
+    """The first and last snapshot `as_of` with a label of `target` (the rows trained on)."""
+    import pandas as pd
+
+    from features.contract import Col
+
+    frame = snaps.frame
+    as_of = frame.loc[frame[snaps.labels[target]].notna(), Col.AS_OF]
+    if as_of.empty:
+        return "none", "none"
+    return tuple(pd.Timestamp(t).date().isoformat() for t in (as_of.min(), as_of.max()))
+
+
+def _card_metrics(tr: TargetResult) -> list[str]:
+    """The backtest table: LightGBM with 95 % intervals, and the best baseline."""
+    from training.metrics import METRIC_NAMES
+
+    base, _ = tr.best_baseline()
+    m, iv = tr.metrics["lightgbm"], tr.backtest.intervals.get("lightgbm", {})
+    b = tr.metrics.get(base, {})
+    lines = [f"| metric | LightGBM | 95 % interval | {base} (best baseline) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for k in METRIC_NAMES:
+        lo, hi = iv.get(k, (math.nan, math.nan))
+        lines.append(f"| {k} | {_fmt(m.get(k))} | {_fmt(lo)}..{_fmt(hi)} | {_fmt(b.get(k))} |")
+    return lines
+
+
+def _card_features(model: HealthModel) -> list[str]:
+    """The feature names per family, categoricals marked."""
+    families: dict[str, list[str]] = {}
+    for f in model.features:
+        name = f"{f.name} (categorical)" if f.categorical else f.name
+        families.setdefault(str(f.family), []).append(name)
+    return [f"- {fam} ({len(names)}): {', '.join(names)}" for fam, names in families.items()]
+
+
+def model_card(tr: TargetResult, window: tuple[str, str] | None = None) -> str:
+    """The model card (Markdown): what it predicts, on which data, how well, for what.
+
+    `window`: the first and last snapshot `as_of` trained on (`training_window`); without
+    it the card gives the last only. It is the registered version's description and the
+    logged model's `model_card.md`.
+    """
+    info = tr.model.info
+    first, last = window or ("?", info.get("trained_through_as_of", "?"))
     origins = info["backtest_origins"]
     span = f"{origins[0]}..{origins[-1]}" if origins else "none"
     lines = [
+        f"# {REGISTERED_MODELS.get(tr.target.name, tr.target.name)}", "",
         f"Predicts {tr.target.name} within {info['horizon_days']} days ({info['label']}): "
         f"{tr.target.description}",
-        f"Trained on labels up to {info['labels_up_to']} ({info['train_rows']:,} snapshots, "
-        f"{info['train_positives']:,} positives, {len(tr.model.features)} features, "
-        f"{info['trees']} trees, {info['calibrator']} calibration).",
-        f"Walk-forward backtest, {len(origins)} monthly origins {span}: ROC AUC "
-        f"{_fmt(m.get('roc_auc'))} [{_fmt(lo)}, {_fmt(hi)}], ECE {_fmt(m.get('ece'))}, "
-        f"{tr.backtest.positives} positives.",
-        "Intended use: rank and explain accounts for Customer Success follow-up; not for "
-        "automated decisions about a customer without a person reviewing them.",
-    ]
-    lines += [f"Warning: {w}" for w in tr.warnings]
-    return "\n".join(lines)
+        f"Output: `probability`, the calibrated probability of {tr.target.name} for each "
+        "account snapshot (a row of feature values), never a label.", "",
+        "## Training data",
+        f"- Snapshots as of {first}..{last}: {info['train_rows']:,} labelled snapshots, "
+        f"{info['train_positives']:,} positives.",
+        f"- Labels observed up to {info['labels_up_to']}"
+        + (f"; data cut off at {info['data_cutoff']}." if info.get("data_cutoff") else "."),
+        "",
+        "## Backtest",
+        f"Walk-forward, out of time: {len(origins)} monthly origins {span}, "
+        f"{len(tr.backtest.predictions):,} predictions, {tr.backtest.positives} positives; "
+        "95 % intervals resample accounts.", "",
+        *_card_metrics(tr), "",
+        "## Model",
+        f"LightGBM, {info['trees']} trees, {info['calibrator']} calibration, monotone "
+        f"constraints {'on' if info.get('monotone_constraints') else 'off'}.", "",
+        f"## Features ({len(tr.model.features)}; any may be missing)",
+        *_card_features(tr.model), "",
+        "## Intended use",
+        INTENDED_USE,
+    ]  # fmt: skip
+    if tr.warnings:
+        lines += ["", "## Warnings", *[f"- {w}" for w in tr.warnings]]
+    return "\n".join(lines) + "\n"
+
+
+def _description(card: str) -> str:
+    """`card` cut to what a registered version's description holds on every SQL store."""
+    if len(card) <= _DESCRIPTION_LIMIT:
+        return card
+    note = f"\n\n(cut: the whole card is {MODEL_CARD} in the model's files)\n"
+    return card[: _DESCRIPTION_LIMIT - len(note)] + note
 
 
 def _log_backtest(tr: TargetResult, target: str) -> None:
@@ -663,6 +770,51 @@ def _log_backtest(tr: TargetResult, target: str) -> None:
         path = Path(tmp) / f"{target}.parquet"
         tr.backtest.predictions.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), str(Path(BACKTEST_ARTIFACT.format(target=target)).parent))
+
+
+#: the run's dataset input: the snapshot table trained on
+SNAPSHOTS_DATASET = "snapshots"
+#: rows MLflow infers the snapshot schema on (besides one missing value per column)
+_SCHEMA_ROWS = 1000
+
+
+def _schema_sample(frame: pd.DataFrame) -> pd.DataFrame:
+    """The first rows, plus for each column with a missing value one row holding it.
+
+    MLflow infers a column's type from its dtype and makes it optional when any value is
+    missing: this sample gives the same schema as the whole table.
+    """
+    import numpy as np
+
+    na = frame.isna().to_numpy()
+    rows = np.union1d(np.arange(min(len(frame), _SCHEMA_ROWS)), na.argmax(axis=0)[na.any(axis=0)])
+    return frame.iloc[rows]
+
+
+def _log_snapshots(c: MlflowClient, run_id: str, snaps: SnapshotTable, snapshot_file: Path,
+                   sha: str) -> None:  # fmt: skip
+    """The snapshot table as the run's `snapshots` dataset input (context `training`).
+
+    Kept cheap on big tables: MLflow infers a schema value by value (1.8 s on 50k rows), so
+    it reads `_schema_sample`, and the digest is the file's sha256 (cut to MLflow's 36
+    characters; its own hashes only the first 10,000 rows); the profile counts every row.
+    """
+    import warnings
+
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    frame = snaps.frame
+    with warnings.catch_warnings():
+        # MLflow registers two identical local sources and hints about integer columns
+        warnings.simplefilter("ignore", UserWarning)
+        d = mlflow.data.from_pandas(_schema_sample(frame), name=SNAPSHOTS_DATASET,
+                                    source=str(Path(snapshot_file).resolve()),
+                                    digest=sha[:36]).to_dict()  # fmt: skip
+    profile = json.dumps({"num_rows": len(frame), "num_elements": int(frame.size)})
+    ds = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d["schema"], profile)
+    c.log_inputs(run_id, [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
 
 
 def log_training(
@@ -677,7 +829,7 @@ def log_training(
     params_file: Path | None = None,
     seed: int = 0,
 ) -> RunRecord:
-    """One MLflow run: params, metrics, data fingerprint, commit, plots, models; then gate."""
+    """One MLflow run: params, metrics, data set, commit, plots, models and cards; then gate."""
     import mlflow
 
     from features.contract import Col
@@ -718,6 +870,7 @@ def log_training(
                                     "labels_up_to": tr.model.info["labels_up_to"]}}}
             )  # fmt: skip
         mlflow.log_params(params)
+        _log_snapshots(c, run.info.run_id, snaps, snapshot_file, sha)
         mlflow.log_metrics(flatten_metrics(result.metrics()))
         features = next(iter(result.targets.values())).model.features
         mlflow.log_dict({"features": [to_dict(f) for f in features]}, "features.json")
@@ -734,7 +887,8 @@ def log_training(
                  time.perf_counter() - t0)  # fmt: skip
         for target, tr in result.targets.items():
             _log_backtest(tr, target)
-            version, model_id = _log_model(target, tr.model, newest)
+            card = model_card(tr, training_window(snaps, target))
+            version, model_id = _log_model(target, tr.model, newest, card)
             versions[target] = version
             model_ids.append(model_id)
             lgbm = {f"backtest_{k}": v for k, v in tr.metrics["lightgbm"].items()
@@ -743,7 +897,7 @@ def log_training(
             for k, v in _version_tags(tr).items():
                 c.set_model_version_tag(registered_name(target), str(version), k, v)
             c.update_model_version(registered_name(target), str(version),
-                                   description=model_card(tr))  # fmt: skip
+                                   description=_description(card))  # fmt: skip
             log.info("mlflow: registered %s v%d", registered_name(target), version)
         decisions = gate_new_versions(c, result, versions, gates, seed, run.info.run_id)
         for target, d in decisions.items():
@@ -809,6 +963,42 @@ def load_champion(target: str) -> tuple[HealthModel, int]:
             "`cshealth train`"
         )
     return _load(c, target, version), version
+
+
+def champions() -> dict[str, dict[str, Any]]:
+    """Per target: its registered model, champion version and that version's run (or None).
+
+    Only what identifies the champions (no times): the `champion` DVC stage writes it,
+    and `score` reruns exactly when it changes (a gate or `cshealth promote` moved one).
+    """
+    c = client()
+    out: dict[str, dict[str, Any]] = {}
+    for target, name in REGISTERED_MODELS.items():
+        with _mlflow_errors(f"reading the {name} champion"):
+            version = _champion_version(c, name)
+            run_id = c.get_model_version(name, str(version)).run_id if version else None
+        out[target] = {"model": name, "version": version, "run_id": run_id or None}
+    return out
+
+
+def passed_over(target: str, champion: int) -> list[tuple[int, str]]:
+    """The versions of `target` newer than its champion, each with why it is not champion."""
+    c = client()
+    name = registered_name(target)
+    with _mlflow_errors(f"listing {name} versions"):
+        newer = sorted((v for v in _versions(c, name) if int(v.version) > champion),
+                       key=lambda v: int(v.version))  # fmt: skip
+    out = []
+    for v in newer:
+        tags = v.tags or {}
+        if tags.get("promotion") == "rejected":
+            why = tags.get("promotion_reason", "rejected by the promotion gate")
+        elif tags.get("promotion") == "champion":
+            why = f"v{v.version} was champion until {CHAMPION} was moved by hand"
+        else:  # its training run ended before the gate
+            why = f"v{v.version} never went through the promotion gate"
+        out.append((int(v.version), why))
+    return out
 
 
 # ----- registry listing and manual promotion ----------------------------------------------

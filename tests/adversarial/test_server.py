@@ -1,4 +1,4 @@
-"""Adversarial checks of the HTTP service and `cshealth serve` (issue 10).
+"""Adversarial checks of the HTTP service and `cshealth serve`.
 
 Real processes on 127.0.0.1 over a private copy of the shared registry and store: a
 leftover variable must not disable auth, random paths must not grow /metrics, killed
@@ -281,7 +281,7 @@ def test_blank_key_is_a_one_line_error(state: State) -> None:
                          timeout=120)  # fmt: skip
     assert cli.returncode != 0
     assert cli.stderr.strip().count("\n") == 0, cli.stderr
-    assert cli.stderr.startswith("error: CSHEALTH_API_KEY is blank"), cli.stderr
+    assert cli.stderr.startswith("error: CSHEALTH_API_KEY: blank"), cli.stderr
     assert not port_in_use("127.0.0.1", port)
     bento = subprocess.run([str(BENTOML), "serve", "serving.service:HealthService", "--port",
                             str(port)], cwd=REPO, env=env, capture_output=True, text=True,
@@ -289,7 +289,7 @@ def test_blank_key_is_a_one_line_error(state: State) -> None:
     out = bento.stdout + bento.stderr
     assert bento.returncode != 0
     assert "Traceback" not in out, out
-    assert "error: CSHEALTH_API_KEY is blank" in out
+    assert "error: CSHEALTH_API_KEY: blank" in out
 
 
 # ----- 10: hygiene -------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def test_serve_banner_redacts_the_mlflow_uri(state: State, monkeypatch: pytest.M
 
     monkeypatch.setattr(sp, "Popen", FakeProc)
     monkeypatch.setattr(cli, "_wait_ready", lambda *a, **k: True)
-    monkeypatch.setattr(cli, "_example_account", lambda cfg: "a-1")
+    monkeypatch.setattr(cli, "_example_account", lambda args, cfg: "a-1")
     monkeypatch.setenv("CSHEALTH_API_KEY", "k")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://ml:s3cr3t-pw@db:5432/mlflow")
     monkeypatch.setattr(signal, "signal", lambda *a: None)

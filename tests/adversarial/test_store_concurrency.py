@@ -19,6 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from cshealth.cli import main
+from cshealth.errors import UserError
+from cshealth.settings import Settings
 from serving.store import DB_TIMEOUT_ENV, ScoreStore, StoreError, db_url
 
 PG_URL = os.environ.get("CSHEALTH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -213,7 +215,9 @@ def test_sqlite_locked_longer_than_the_timeout_is_one_line(
     other = _hold_write_lock(path)
     try:
         with pytest.raises(StoreError, match="locked by another writer"):
-            ScoreStore(f"sqlite:///{path}").write_run(_run("r"), [_item("A", 1.0)], [])
+            ScoreStore(f"sqlite:///{path}", timeout_s=0.2).write_run(
+                _run("r"), [_item("A", 1.0)], []
+            )
         rc, _, err = _cli(["score", "--features", str(tmp_path / "none.parquet")])
     finally:
         other.rollback()
@@ -221,10 +225,15 @@ def test_sqlite_locked_longer_than_the_timeout_is_one_line(
     _assert_one_line_error(rc, err, "locked by another writer", DB_TIMEOUT_ENV, str(path))
 
 
-def test_bad_timeout_setting_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(DB_TIMEOUT_ENV, "soon")
-    with pytest.raises(StoreError, match=DB_TIMEOUT_ENV):
-        ScoreStore(f"sqlite:///{tmp_path / 'x.db'}")
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_bad_timeout_setting_names_it(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UserError, match=DB_TIMEOUT_ENV):
+        Settings.from_env({DB_TIMEOUT_ENV: value})
+    monkeypatch.setenv(DB_TIMEOUT_ENV, value)
+    rc, _, err = _cli(["score", "--features", str(tmp_path / "none.parquet")])
+    _assert_one_line_error(rc, err, DB_TIMEOUT_ENV)
 
 
 UNREACHABLE = {

@@ -1,7 +1,10 @@
-"""Small, version-checked patches of BentoML 1.4.39 internals, each with its reason.
+"""Workarounds for BentoML 1.4 defects (checked on 1.4.39 and 1.4.40), each with its reason.
 
-Every patch applies only to the version it was checked against (`PATCHED_VERSION`) and
-returns whether it was applied; a test fails once an upgrade makes one a no-op.
+This is the only module that touches BentoML internals. Each patch checks that the
+internal it changes is there (else it logs a warning and returns False) and keeps the
+original as ``_cshealth_original``; `tests/test_bentoml_fixes.py` inspects those
+originals and fails once BentoML fixes a defect upstream (then drop the patch). The
+pin is a range (``bentoml>=1.4.39,<1.5``), not a version.
 
 * `fix_timeout_timer`: TimeoutMiddleware never cancels its per-request timer (GC stalls).
 * `label_metrics_by_route`: the HTTP metrics label ``endpoint`` with the raw request
@@ -35,20 +38,19 @@ from serving.auth import log_rejected
 
 log = logging.getLogger(__name__)
 
-PATCHED_VERSION = "1.4.39"
 UNMATCHED = "/{unmatched}"
 #: BentoML's own routes (probes, metrics, docs); path prefixes of its static files
 BENTOML_ROUTES = ("/", "/docs.json", "/schema.json", "/healthz", "/livez", "/readyz", "/metrics")
 STATIC_PREFIXES = ("/static_content/", "/assets/")
 
 
-def _applicable(target: Any, flag: str) -> bool | None:
-    """True: patched already; False: wrong version; None: go ahead."""
+def _applicable(target: Any, flag: str, attr: str) -> bool | None:
+    """True: patched already; False: `attr` is not there to patch; None: go ahead."""
     if getattr(target, flag, False):
         return True
-    if bentoml.__version__ != PATCHED_VERSION:
-        log.warning("BentoML %s (not %s): %s not applied", bentoml.__version__,
-                    PATCHED_VERSION, flag)  # fmt: skip
+    if not hasattr(target, attr):
+        log.warning("BentoML %s has no %s.%s: %s not applied", bentoml.__version__,
+                    getattr(target, "__name__", target), attr, flag)  # fmt: skip
         return False
     return None
 
@@ -66,10 +68,10 @@ def fix_timeout_timer() -> bool:
     from bentoml._internal.server.http import traffic
 
     mw = traffic.TimeoutMiddleware
-    if getattr(mw, "_cshealth_fixed", False):
-        return True
-    if bentoml.__version__ != PATCHED_VERSION or not hasattr(mw, "_set_timer_out"):
-        return False
+    done = _applicable(mw, "_cshealth_fixed", "_set_timer_out")
+    if done is not None:
+        return done
+    original = mw.__call__
 
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -98,6 +100,7 @@ def fix_timeout_timer() -> bool:
         finally:
             timer.cancel()
 
+    __call__._cshealth_original = original
     mw.__call__ = __call__
     mw._cshealth_fixed = True
     return True
@@ -166,7 +169,7 @@ def label_metrics_by_route(routes: Iterable[str]) -> bool:
     from bentoml._internal.server.http import instruments
 
     mw = instruments.RunnerTrafficMetricsMiddleware
-    done = _applicable(mw, "_cshealth_route_labels")
+    done = _applicable(mw, "_cshealth_route_labels", "_setup")
     if done is not None:
         return done
     original = mw._setup
@@ -178,6 +181,7 @@ def label_metrics_by_route(routes: Iterable[str]) -> bool:
             if hasattr(self, name):
                 setattr(self, name, _Relabelled(getattr(self, name), route))
 
+    _setup._cshealth_original = original
     mw._setup = _setup
     mw._cshealth_route_labels = True
     return True
@@ -220,7 +224,7 @@ def quiet_client_errors() -> bool:
     """Client errors as one WARNING line instead of an ERROR traceback with their input."""
     from _bentoml_impl.server import app as server_app
 
-    done = _applicable(server_app, "_cshealth_quiet_client_errors")
+    done = _applicable(server_app, "_cshealth_quiet_client_errors", "log_exception")
     if done is not None:
         return done
     original = server_app.log_exception
@@ -232,6 +236,7 @@ def quiet_client_errors() -> bool:
         else:
             log_rejected(request.scope, *client)
 
+    log_exception._cshealth_original = original
     server_app.log_exception = log_exception
     server_app._cshealth_quiet_client_errors = True
     return True
@@ -248,7 +253,7 @@ def unknown_fields_are_422() -> bool:
     from _bentoml_impl.server.app import ServiceAppFactory
     from pydantic import ValidationError
 
-    done = _applicable(ServiceAppFactory, "_cshealth_unknown_422")
+    done = _applicable(ServiceAppFactory, "_cshealth_unknown_422", "api_endpoint")
     if done is not None:
         return done
     original = ServiceAppFactory.api_endpoint
@@ -266,6 +271,7 @@ def unknown_fields_are_422() -> bool:
             body = {"error": f"invalid request: unknown field(s) {names}", "detail": unknown}
             return JSONResponse(body, status_code=422)
 
+    api_endpoint._cshealth_original = original
     ServiceAppFactory.api_endpoint = api_endpoint
     ServiceAppFactory._cshealth_unknown_422 = True
     return True
@@ -281,7 +287,7 @@ def document_openapi(post_process: Callable[[dict[str, Any]], dict[str, Any]]) -
     """
     from _bentoml_impl.server.app import ServiceAppFactory
 
-    done = _applicable(ServiceAppFactory, "_cshealth_openapi")
+    done = _applicable(ServiceAppFactory, "_cshealth_openapi", "openapi_spec_view")
     if done is False:
         return done
     ServiceAppFactory._cshealth_openapi_post = staticmethod(post_process)
@@ -300,6 +306,7 @@ def document_openapi(post_process: Callable[[dict[str, Any]], dict[str, Any]]) -
             log.exception("completing the OpenAPI document failed (serving BentoML's)")
         return JSONResponse(spec)
 
+    openapi_spec_view._cshealth_original = ServiceAppFactory.openapi_spec_view
     ServiceAppFactory.openapi_spec_view = openapi_spec_view
     ServiceAppFactory._cshealth_openapi = True
     return True

@@ -1,6 +1,6 @@
-"""The service's logic as plain classes, testable without a server.
+"""The service's request handlers as a plain class, testable without a server.
 
-`HealthApp` holds the champion models (as a `Scorer`), the score store and the request
+`Handlers` holds the champion models (as a `Scorer`), the score store and the request
 limits, and answers the three API calls:
 
 * `score_ids(ids)`: the newest scoring run's stored scores (scores and explanations are
@@ -9,7 +9,7 @@ limits, and answers the three API calls:
   order.
 * `score_rows(rows)`: scores explicit feature rows with the loaded champions (what-if,
   external systems); rows are validated against the models' feature metadata
-  (`serving.api.row_adapter`); ``health_change`` is null (no previous scoring).
+  (`serving.schemas.row_adapter`); ``health_change`` is null (no previous scoring).
 * `model_info()`: versions, training time, backtest metrics, features, newest store run.
 * `account_history(id)`, `list_accounts(csm_id, band, segment, limit, offset)` and
   `explanation_svg(id)`: the GET endpoints (a CSM's accounts, one account's scorings
@@ -27,34 +27,29 @@ account (GET calls), 503 when the store is unreachable or
 the app is not loaded. Nothing else escapes as an exception from the scoring calls.
 
 Concurrency: the async variants (`ascore_ids`, `ascore_rows`) go through a
-`MicroBatcher` each. Concurrent requests that arrive while a batch is being scored are
-coalesced into the next batch: one store query (or one Scorer call) for all of them,
-run in a worker thread. A request arriving when nothing runs is dispatched at once, so
-batching adds no latency when idle. (BentoML's adaptive batching does not fit: the
-response is not one item per input element, and an internal batchable endpoint
-cannot be called through ``self``.)
+`MicroBatcher` each (`serving.batching`, which says why not BentoML's adaptive
+batching). Concurrent requests that arrive while a batch is being scored are coalesced
+into the next batch: one store query (or one Scorer call) for all of them, run in a
+worker thread. A request arriving when nothing runs is dispatched at once, so batching
+adds no latency when idle.
 
 LightGBM prediction runs single-threaded (`pin_threads`): with a handful of rows per
-call, OpenMP threads only add contention (see STACK_NOTES). The model artifacts are
-not changed: the booster is wrapped at load time.
+call, OpenMP threads only add contention (their spinning made single rows 10x slower
+under load). The model artifacts are not changed: the booster is wrapped at load time.
 
-`HealthApp.from_env()` builds everything from the environment: `CSHEALTH_PARAMS`
-(params file, default ./params.yaml), `MLFLOW_TRACKING_URI` (the registry holding the
-``champion`` aliases) and `CSHEALTH_DB_URL` (the store; default ``serving.db_file``).
+`Handlers.load(health, explain, limits, settings)` loads the champions from the MLflow
+registry (`training.tracking`) and opens the store the settings name (`CSHEALTH_DB_URL`,
+default ``serving.db_file``); the caller (the BentoML service) reads the params file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -63,7 +58,18 @@ from pydantic import TypeAdapter, ValidationError
 from features.contract import Col
 from features.meta import Feature
 from features.targets import CHURN, EXPANSION, TARGET_NAMES
-from serving.api import (
+from serving.batching import MicroBatcher, count_items
+from serving.errors import (
+    LoadError,
+    NotFound,
+    NotReady,
+    RequestError,
+    ServiceError,
+    summary,
+    validation_detail,
+)
+from serving.predictor import ModelPair, Scorer
+from serving.schemas import (
     MAX_ID_LENGTH,
     AccountHistory,
     AccountId,
@@ -80,14 +86,15 @@ from serving.api import (
     finite_or_none,
     row_adapter,
 )
-from serving.predictor import ModelPair, Scorer
-from serving.settings import ServingParams
+from serving.settings import ExplainParams, HealthParams, ServingParams
 from serving.store import ScoreStore, db_url
 from training.model import HealthModel
 
+if TYPE_CHECKING:
+    from cshealth.settings import Settings
+
 log = logging.getLogger(__name__)
 
-PARAMS_ENV = "CSHEALTH_PARAMS"
 TARGETS = TARGET_NAMES
 #: the bands `list_accounts` filters on
 BANDS = ("red", "yellow", "green")
@@ -100,67 +107,7 @@ PEERS_REFRESH_S = 30.0
 
 _ACCOUNT_ID: TypeAdapter[str] = TypeAdapter(AccountId)
 
-P = TypeVar("P")
 R = TypeVar("R")
-
-
-# ----- errors -------------------------------------------------------------------------------
-class ServiceError(Exception):
-    """A request that cannot be answered; `status` is the HTTP status to send."""
-
-    status = 500
-
-    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None,
-                 status: int | None = None) -> None:  # fmt: skip
-        super().__init__(message)
-        self.message = message
-        self.detail = detail or []
-        if status is not None:
-            self.status = status
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body: ``{"error": message, "detail": [{"loc", "msg", "type"}]}``."""
-        return {"error": self.message, "detail": self.detail}
-
-
-class RequestError(ServiceError):
-    """Invalid input (422) or beyond a limit (413)."""
-
-    status = 422
-
-
-class NotReady(ServiceError):
-    """Models or store not loaded (yet), or the store unreachable."""
-
-    status = 503
-
-
-class NotFound(ServiceError):
-    """The account has no stored score."""
-
-    status = 404
-
-
-class LoadError(RuntimeError):
-    """`HealthApp.from_env` cannot build the app (no champion, no scoring run, ...)."""
-
-
-def _validation_detail(err: ValidationError, prefix: Sequence[str | int]) -> list[dict]:
-    out = []
-    for e in err.errors(include_url=False, include_input=False, include_context=False):
-        loc = [*prefix, *e["loc"]]
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
-            msg = f"unknown feature {loc[-1]!r} (see /model_info for the feature names)"
-        out.append({"loc": loc, "msg": msg, "type": e["type"]})
-    return out
-
-
-def _summary(detail: list[dict], what: str) -> str:
-    first = detail[0]
-    where = ".".join(str(x) for x in first["loc"])
-    more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-    return f"invalid {what}: {where}: {first['msg']}{more}"
 
 
 # ----- LightGBM threads -----------------------------------------------------------------------
@@ -185,101 +132,6 @@ def pin_threads(model: HealthModel, num_threads: int = 1) -> HealthModel:
     return dataclasses.replace(model, booster=_PinnedBooster(booster, num_threads))
 
 
-# ----- micro-batching -------------------------------------------------------------------------
-def _count(payload: Any) -> int:
-    """Items in a request's payload (a list); anything else counts as one."""
-    return len(payload) if isinstance(payload, list | tuple) else 1
-
-
-class MicroBatcher(Generic[P, R]):
-    """Coalesces concurrent async calls into one `fn(payloads) -> results` in a thread.
-
-    A call made while no batch runs is dispatched at once (after `max_wait_s`, default
-    0); calls made while a batch runs queue up and go together as the next batch, at
-    most `max_items` items (measured by `size`) unless a single call is larger. `fn`
-    returns one result per payload, in order; a result that is an exception is raised
-    to its caller only. One worker thread: batches run one at a time.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[list[P]], list[R | BaseException]],
-        *,
-        size: Callable[[P], int] = lambda _: 1,
-        max_items: int = 1000,
-        max_wait_s: float = 0.0,
-        name: str = "batch",
-    ) -> None:
-        self._fn = fn
-        self._size = size
-        self._max_items = max_items
-        self._max_wait_s = max_wait_s
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"cshealth-{name}")
-        self._pending: list[tuple[P, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.batches = 0  # statistics: batches run and calls served
-        self.calls = 0
-        self.on_batch: Callable[[int, int], None] | None = None  # (calls, items) hook
-
-    async def submit(self, payload: P) -> R:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new event loop (tests)
-            self._loop, self._pending, self._task = loop, [], None
-        fut: asyncio.Future = loop.create_future()
-        self._pending.append((payload, fut))
-        if self._task is None:
-            self._task = loop.create_task(self._drain())
-        return await fut
-
-    def _take(self) -> list[tuple[P, asyncio.Future]]:
-        batch, items = [], 0
-        while self._pending:
-            n = self._size(self._pending[0][0])
-            if batch and items + n > self._max_items:
-                break
-            batch.append(self._pending.pop(0))
-            items += n
-        return batch
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            if self._max_wait_s > 0:
-                await asyncio.sleep(self._max_wait_s)
-            while self._pending:
-                batch = [(p, f) for p, f in self._take() if not f.done()]
-                if not batch:
-                    continue
-                payloads = [p for p, _ in batch]
-                self.batches += 1
-                self.calls += len(batch)
-                if self.on_batch is not None:
-                    try:
-                        self.on_batch(len(batch), sum(self._size(p) for p in payloads))
-                    except Exception:  # a metrics hook must never block the callers
-                        log.exception("micro-batcher: on_batch hook failed")
-                try:
-                    results = await loop.run_in_executor(self._pool, self._fn, payloads)
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"batch function returned {len(results)} results "
-                                           f"for {len(batch)} calls")  # fmt: skip
-                except Exception as err:  # fn failed as a whole: every caller gets it
-                    results = [err] * len(batch)
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if fut.done():  # the caller went away
-                        continue
-                    if isinstance(res, BaseException):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
-        finally:
-            self._task = None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 # ----- the app --------------------------------------------------------------------------------
 def _features_used(models: ModelPair) -> tuple[list[Feature], dict[str, list[str]]]:
     """Union of both models' features (churn's order first) and which model reads each."""
@@ -299,7 +151,7 @@ def _categories(models: ModelPair, name: str) -> list[str] | None:
     return sorted(set(cats[0]).union(*cats[1:]))
 
 
-class HealthApp:
+class Handlers:
     """Scores by account id (store) and by explicit features (models); see the module doc."""
 
     def __init__(
@@ -322,35 +174,30 @@ class HealthApp:
         #: (monotonic time read, run_id, peers) of `current_peers`
         self._peers: tuple[float, str | None, Any] | None = None
         self.id_batcher: MicroBatcher[list[str], ScoreResponse] = MicroBatcher(
-            self.score_ids_batch, size=_count, max_items=self.limits.max_ids_per_request,
+            self.score_ids_batch, size=count_items, max_items=self.limits.max_ids_per_request,
             max_wait_s=batch_wait_s, name="ids",
         )  # fmt: skip
         self.row_batcher: MicroBatcher[list[dict], ScoreResponse] = MicroBatcher(
-            self.score_rows_batch, size=_count, max_items=self.limits.max_rows_per_request,
+            self.score_rows_batch, size=count_items, max_items=self.limits.max_rows_per_request,
             max_wait_s=batch_wait_s, name="rows",
         )  # fmt: skip
 
     # ----- construction from the environment --------------------------------------------
     @classmethod
-    def from_env(
-        cls, params: Path | str | None = None, *, num_threads: int = 1, batch_wait_s: float = 0.0
-    ) -> HealthApp:
-        """Champions from the MLflow registry, the store from `CSHEALTH_DB_URL` (or params).
+    def load(
+        cls, health: HealthParams, explain: ExplainParams, limits: ServingParams,
+        settings: Settings, *, num_threads: int = 1,
+    ) -> Handlers:  # fmt: skip
+        """Champions from the MLflow registry, the store of `settings` (or `limits.db_file`).
 
         Raises `LoadError` with what to do when there is no champion, the store is
         unreachable or holds no scoring run yet.
         """
         import sqlalchemy as sa
 
-        from cshealth.config import ConfigError, load_config
         from training import tracking
 
         t0 = time.perf_counter()
-        path = params or os.environ.get(PARAMS_ENV)
-        try:
-            cfg = load_config(Path(path) if path else None)
-        except ConfigError as err:
-            raise LoadError(str(err)) from err
         loaded: dict[str, tuple[HealthModel, str]] = {}
         for target in TARGETS:
             try:
@@ -371,7 +218,8 @@ class HealthApp:
                     }
         except Exception as err:  # metadata only: serve without it
             log.warning("could not read registry metadata: %s", err)
-        store = ScoreStore(db_url(cfg.serving.db_file), create=False)  # read-only use
+        url = db_url(limits.db_file, settings.db_url_value())
+        store = ScoreStore(url, create=False, timeout_s=settings.db_timeout_s)  # read-only
         try:
             run = store.latest_run() if sa.inspect(store.engine).has_table("scoring_runs") else None
         except sa.exc.SQLAlchemyError as err:
@@ -383,8 +231,8 @@ class HealthApp:
                             "`cshealth score` first")  # fmt: skip
         churn, expansion = loaded[CHURN.name], loaded[EXPANSION.name]
         pair = ModelPair(churn[0], expansion[0], churn[1], expansion[1])
-        app = cls(Scorer(pair, cfg.health, cfg.explanations), store, cfg.serving, model_meta=meta,
-                  batch_wait_s=batch_wait_s)  # fmt: skip
+        app = cls(Scorer(pair, health, explain), store, limits, model_meta=meta,
+                  batch_wait_s=settings.batch_wait_ms / 1000)  # fmt: skip
         log.info("loaded champions %s and %r (latest run %s, as_of %s) in %.1f s",
                  pair.version, store, run["run_id"], run["as_of"],
                  time.perf_counter() - t0)  # fmt: skip
@@ -421,8 +269,8 @@ class HealthApp:
         try:
             req = ScoreRequest.model_validate({"account_ids": ids})
         except ValidationError as err:
-            detail = _validation_detail(err, [])
-            raise RequestError(_summary(detail, "request"), detail) from None
+            detail = validation_detail(err, [])
+            raise RequestError(summary(detail, "request"), detail) from None
         return list(dict.fromkeys(req.account_ids))
 
     def score_ids_batch(self, requests: list[list[str]]) -> list[ScoreResponse | ServiceError]:
@@ -488,8 +336,8 @@ class HealthApp:
         try:
             valid = self._rows.validate_python(rows)
         except ValidationError as err:
-            detail = _validation_detail(err, ["rows"])
-            raise RequestError(_summary(detail, "rows"), detail) from None
+            detail = validation_detail(err, ["rows"])
+            raise RequestError(summary(detail, "rows"), detail) from None
         for i, r in enumerate(valid):
             r.setdefault("account_id", f"row-{i}")
         return valid
@@ -579,8 +427,8 @@ class HealthApp:
         try:
             return _ACCOUNT_ID.validate_python(account_id)
         except ValidationError as err:
-            detail = _validation_detail(err, ["account_id"])
-            raise RequestError(_summary(detail, "account_id"), detail) from None
+            detail = validation_detail(err, ["account_id"])
+            raise RequestError(summary(detail, "account_id"), detail) from None
 
     def _read(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """A store read; 503 (logged) when the store fails."""
@@ -634,7 +482,7 @@ class HealthApp:
             detail.append({"loc": ["offset"], "type": "int_range",
                            "msg": f"an integer from 0 to {MAX_OFFSET}"})  # fmt: skip
         if detail:
-            raise RequestError(_summary(detail, "request"), detail)
+            raise RequestError(summary(detail, "request"), detail)
         if limit > cap:
             raise RequestError(
                 f"limit too large: {limit} > max_ids_per_request={cap}",
@@ -746,13 +594,4 @@ def _unwrap(results: list[ScoreResponse | ServiceError]) -> ScoreResponse:
     return res
 
 
-__all__ = [
-    "HealthApp",
-    "LoadError",
-    "MicroBatcher",
-    "NotFound",
-    "NotReady",
-    "RequestError",
-    "ServiceError",
-    "pin_threads",
-]
+__all__ = ["Handlers", "pin_threads"]

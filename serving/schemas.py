@@ -75,25 +75,30 @@ class _Model(BaseModel):
 
 
 # ----- requests ---------------------------------------------------------------------------
+#: the body fields, declared once: the request models and the service's method signatures
+AccountIds = Annotated[
+    list[AccountId],
+    Field(min_length=1, description="Account ids to look up in the newest scoring run (at "
+          "most serving.max_ids_per_request; repeated ids are answered once)."),
+]  # fmt: skip
+FeatureRows = Annotated[
+    list[dict[str, Any]],
+    Field(min_length=1, description="Feature rows: optional account_id and as_of, feature "
+          "values by name (see /model_info); absent or null features are missing. At most "
+          "serving.max_rows_per_request rows."),
+]  # fmt: skip
+
+
 class ScoreRequest(_Model):
     """Score accounts by id from the latest scoring run in the store."""
 
-    account_ids: list[AccountId] = Field(
-        min_length=1,
-        description="Account ids (1..max_ids_per_request; duplicates are scored once).",
-    )
+    account_ids: AccountIds
 
 
 class ScoreFeaturesRequest(_Model):
     """Score explicit feature rows (what-if analysis, external systems)."""
 
-    rows: list[dict[str, Any]] = Field(
-        min_length=1,
-        description=(
-            "Feature rows (1..max_rows_per_request): optional account_id and as_of, and "
-            "feature values keyed by name (see /model_info); absent features are missing."
-        ),
-    )
+    rows: FeatureRows
 
 
 class ModelInfoRequest(_Model):
