@@ -194,7 +194,8 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
         from training.plots import write_plot_data, write_plots
 
         plots = write_plots(result, snaps, staging / report_set.PLOTS)
-        write_plot_data(result, staging / report_set.PLOTS)  # the CSVs of dvc.yaml's plots
+        # the data behind the curves (dvc.yaml's plots), logged with the pictures
+        plots += write_plot_data(result, staging / report_set.PLOTS)
         log.info("logging the run to MLflow (%s)", uri)
         params_file = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
         record = tracking.log_training(

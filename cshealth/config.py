@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.settings import FeatureParams
 from serving.settings import ExplainParams, HealthParams, ServingParams
 from simulator import EndDateConvention, preset_names
-from training.baselines import RuleComponent
-from training.settings import TrainParams
+from training.settings import RuleComponent, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 

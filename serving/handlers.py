@@ -71,6 +71,7 @@ from serving.errors import (
 from serving.predictor import ModelPair, Scorer
 from serving.schemas import (
     MAX_ID_LENGTH,
+    MAX_OFFSET,
     AccountHistory,
     AccountId,
     AccountList,
@@ -100,8 +101,6 @@ TARGETS = TARGET_NAMES
 BANDS = ("red", "yellow", "green")
 #: page size of `list_accounts` when none is given (capped at max_ids_per_request)
 DEFAULT_PAGE = 100
-#: the largest `list_accounts` offset (the store's OFFSET is a 32/64-bit integer)
-MAX_OFFSET = 10**9
 #: how often `current_peers` looks for a newer scoring run (seconds)
 PEERS_REFRESH_S = 30.0
 

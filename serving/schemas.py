@@ -55,14 +55,13 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from features.contract import MAX_ID_LENGTH, Col
 from features.meta import Feature
 
-#: longest account id the store holds (scores.account_id is String(128))
-MAX_ID_LENGTH = 128
 #: longest accepted categorical feature value
 MAX_CATEGORY_LENGTH = 200
-#: keys of a feature row that are not features
-ROW_KEYS = ("account_id", "as_of")
+#: the largest `GET /accounts` offset (the store's OFFSET is a 32/64-bit integer)
+MAX_OFFSET = 10**9
 
 AccountId = Annotated[
     str,
@@ -386,9 +385,9 @@ def row_adapter(features: list[Feature]) -> TypeAdapter[list[dict[str, Any]]]:
 
     Validated rows are plain dicts holding only the keys the request gave.
     """
-    fields: dict[str, Any] = {
-        "account_id": AccountId,
-        "as_of": Annotated[dt.date | None, Field(strict=False)],
+    fields: dict[str, Any] = {  # the row keys that are not features
+        str(Col.ACCOUNT_ID): AccountId,
+        str(Col.AS_OF): Annotated[dt.date | None, Field(strict=False)],
     }
     for f in features:
         if f.name in fields:

@@ -69,7 +69,7 @@ import gc
 import logging
 import sys
 import threading
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import bentoml
 from fastapi import FastAPI, Query, Request
@@ -90,12 +90,12 @@ from serving.auth import (
     log_rejected,
 )
 from serving.errors import LoadError, NotReady, ServiceError
-from serving.handlers import MAX_OFFSET, Handlers
 from serving.middleware import BodyLimitMiddleware, InstanceMiddleware
 from serving.openapi import complete_openapi
 from serving.process import ParentWatchdog
 from serving.schemas import (
     MAX_ID_LENGTH,
+    MAX_OFFSET,
     AccountHistory,
     AccountIds,
     AccountList,
@@ -108,6 +108,9 @@ from serving.schemas import (
     ScoreResponse,
 )
 from serving.settings import ServingParams
+
+if TYPE_CHECKING:  # the handlers (models, LightGBM) load in the worker, not at import
+    from serving.handlers import Handlers
 
 log = logging.getLogger("cshealth.service")
 
@@ -142,6 +145,8 @@ def _serving_params() -> ServingParams:
 
 def load_handlers(settings: Settings) -> Handlers:
     """The handlers over the champions and the store, with the params file's sections."""
+    from serving.handlers import Handlers
+
     try:
         cfg = load_config(settings.params_file)
     except ConfigError as err:

@@ -219,7 +219,8 @@ def test_run_logs_params_fingerprint_commit_backtest_and_artifacts(store: Store)
     logged = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "backtest")}
     assert logged == {"churn.parquet", "expansion.parquet"}
     plots = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {p.name for p in (store.reports / "plots").glob("*.png")}
+    assert plots == {p.name for p in (store.reports / "plots").iterdir()}
+    assert {Path(p).suffix for p in plots} == {".png", ".csv"}
     features = json.loads(Path(c.download_artifacts(run.info.run_id, "features.json",
                                                     str(store.root))).read_text())  # fmt: skip
     assert "account_id" not in {f["name"] for f in features["features"]}
@@ -245,6 +246,17 @@ def test_champion_comparison_pairs_the_logged_backtest(store: Store) -> None:
     assert cmp is None and "share 0 rows" in why
     cmp, why = tracking.compare_with_champion(c, "churn", 99, pred)  # no such version
     assert cmp is None and "could not be read" in why
+    # The same ids and dates with other outcomes: other data, not comparable.
+    flipped = pred.assign(y=1 - pred["y"])
+    cmp, why = tracking.compare_with_champion(c, "churn", 1, flipped)
+    assert cmp is None and "trained on other data" in why and "100%" in why
+    # A few corrected labels (under 1 %) still pair.
+    few = len(pred) // 200
+    assert few >= 1, len(pred)
+    fixed = pred.copy()
+    fixed.loc[fixed.index[:few], "y"] = 1 - fixed["y"].iloc[:few]
+    cmp, why = tracking.compare_with_champion(c, "churn", 1, fixed)
+    assert why is None and cmp.rows == len(pred)
 
 
 # ----- later runs ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from features.contract import Col
 from features.labels import MRR_COLUMN
 from features.meta import Feature
 from training.baselines import (
-    RuleComponent,
     fit_logistic,
     fit_rule_calibrator,
     predict_logistic,
@@ -39,7 +38,7 @@ from training.model import (
     fit_curve,
     prepare_frame,
 )
-from training.settings import BacktestParams, LightGBMParams
+from training.settings import BacktestParams, LightGBMParams, RuleComponent
 
 log = logging.getLogger(__name__)
 

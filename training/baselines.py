@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -13,16 +12,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from features.meta import Feature
 from training.model import Calibrator
-
-
-class RuleComponent(BaseModel):
-    """One rule of a CS-platform style health score: a feature scaled 0–100 from bad to good."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    feature: str
-    weight: float = Field(gt=0)
-    bad: float
-    good: float
+from training.settings import RuleComponent
 
 
 def logistic_baseline(features: list[Feature], seed: int) -> Pipeline:

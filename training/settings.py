@@ -62,3 +62,13 @@ class TrainParams(_Frozen):
     min_positives: int = Field(30, ge=1)  # below this a target's model is flagged as weak
     gates: Gates = Gates()
     reports_dir: Path = Path("reports")  # metrics.json and plots/ are written here
+
+
+class RuleComponent(BaseModel):
+    """One rule of a CS-platform style health score: a feature scaled 0–100 from bad to good."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    feature: str
+    weight: float = Field(gt=0)
+    bad: float
+    good: float

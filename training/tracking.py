@@ -23,7 +23,9 @@ champion (a user is never left without scores); when it does not beat the best
 baseline on the pooled backtest it is promoted as provisional and says so. With a
 champion, the challenger replaces it when it is not worse on the same backtest rows:
 the paired AUC difference is at least `-tolerance` and its 95 % interval reaches 0.
-When the two backtests share no rows, beating the best baseline decides. The floors
+When the two backtests share no rows, or disagree on more than 1 % of their shared
+rows' outcomes (the champion was trained on other data, e.g. another DVC experiment),
+beating the best baseline decides. The floors
 `min_auc` / `max_ece` only warn. Decisions and warnings are kept as run and
 model-version tags. By hand, promotion addresses a training run (`promote_run`): its
 versions of every target move together, whatever their numbers.
@@ -83,6 +85,9 @@ REGISTERED_MODELS = {t: f"cshealth-{t}" for t in TARGET_NAMES}
 BACKTEST_ARTIFACT = "backtest/{target}.parquet"
 #: resamples behind the paired challenger-vs-champion interval
 PAIRED_RESAMPLES = 300
+#: above this share of shared backtest rows with other outcomes, the champion's backtest
+#: is from other data and not comparable (a few corrected labels stay comparable)
+MAX_OUTCOME_DISAGREEMENT = 0.01
 #: the folder name of the HealthModel inside a logged pyfunc's artifacts
 MODEL_FOLDER = "health_model"
 _REPO = Path(__file__).resolve().parents[1]
@@ -472,11 +477,19 @@ def compare_with_champion(
     except Exception as err:  # any failure to fetch evidence means "not comparable", said why
         return None, f"its backtest predictions could not be read ({type(err).__name__}: {err})"
     keys = [Col.ACCOUNT_ID, Col.AS_OF]
-    old = old[[*keys, "lightgbm"]].astype({Col.AS_OF: "datetime64[us]"})
+    old = old[[*keys, *(["y"] if "y" in old else []), "lightgbm"]]
     both = new[[*keys, "y", "lightgbm"]].astype({Col.AS_OF: "datetime64[us]"}).merge(
-        old, on=keys, suffixes=("", "_champion"), validate="1:1"
-    )
+        old.astype({Col.AS_OF: "datetime64[us]"}), on=keys, suffixes=("", "_champion"),
+        validate="1:1",
+    )  # fmt: skip
     both = both.dropna(subset=["lightgbm", "lightgbm_champion"])
+    if "y_champion" in both and len(both):
+        # Same ids and dates but other outcomes: another data set (an experiment on other
+        # data, a re-keyed source), so the pairing would compare unrelated accounts.
+        differ = float((both["y"] != both["y_champion"]).mean())
+        if differ > MAX_OUTCOME_DISAGREEMENT:
+            return None, (f"the two backtests disagree on the outcome of {differ:.0%} of "
+                          f"their {len(both):,} shared rows: trained on other data")  # fmt: skip
     y = both["y"].to_numpy(dtype=int)
     if len(set(y.tolist())) < 2:
         return None, f"the two backtests share {len(both):,} rows, too few with both outcomes"

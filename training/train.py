@@ -28,7 +28,6 @@ from features.contract import TRUTH, Col
 from features.snapshots import SnapshotTable
 from features.targets import TARGETS, Target
 from training.backtest import Backtest, plan_origins, run_backtest
-from training.baselines import RuleComponent
 from training.metrics import METRIC_NAMES
 from training.model import (
     Calibrator,
@@ -38,7 +37,7 @@ from training.model import (
     monotone_constraints,
     prepare_frame,
 )
-from training.settings import TrainParams
+from training.settings import RuleComponent, TrainParams
 
 log = logging.getLogger(__name__)
 
