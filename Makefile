@@ -29,19 +29,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/7 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/8 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/7 checking the data against the contract"
+	@echo ">> 2/8 checking the data against the contract"
 	$(BIN)/cshealth check
-	@echo ">> 3/7 building point-in-time snapshots (features + labels)"
+	@echo ">> 3/8 building point-in-time snapshots (features + labels)"
 	$(BIN)/cshealth features
-	@echo ">> 4/7 training churn + expansion models, backtest vs baselines, MLflow registry"
+	@echo ">> 4/8 training churn + expansion models, backtest vs baselines, MLflow registry"
 	$(BIN)/cshealth train --truth data/truth.parquet
-	@echo ">> 5/7 scoring the newest snapshot into the score store"
+	@echo ">> 5/8 scoring the newest snapshot into the score store"
 	$(BIN)/cshealth score
-	@echo ">> 6/7 writing the leadership risk report"
+	@echo ">> 6/8 drift of the new scores vs the champion's training data (exit 1 = drift found)"
+	-$(BIN)/cshealth monitor
+	@echo ">> 7/8 writing the leadership risk report"
 	$(BIN)/cshealth report
-	@echo ">> 7/7 starting the scoring service (a fresh API key unless CSHEALTH_API_KEY is set)"
+	@echo ">> 8/8 starting the scoring service (a fresh API key unless CSHEALTH_API_KEY is set)"
 	@KEY=$${CSHEALTH_API_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
 	  CSHEALTH_API_KEY=$$KEY $(BIN)/cshealth serve --show-key
 

@@ -21,6 +21,11 @@ from features.targets import CHURN, EXPANSION, TARGET_NAMES
 from simulator import END_DATE_CONVENTIONS, preset_names
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.meta import Feature
+    from features.snapshots import SnapshotTable
+    from serving.drift import DriftReport
     from serving.store import ScoreStore
 
 log = logging.getLogger("cshealth")
@@ -311,8 +316,10 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     from serving.predictor import ModelPair, Scorer
     from training import tracking
 
-    # the store first: a wrong CSHEALTH_DB_URL fails before minutes of loading and scoring
+    # webhooks and the store first: wrong settings fail before minutes of loading and scoring
+    webhooks = _webhooks(args)
     store = _store(args, cfg)
+    alerts = None
     try:
         features = Path(args.features or cfg.features.out)
         snaps = SnapshotTable.read(features)
@@ -322,6 +329,8 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health,
                         cfg.explanations)
         summary = score_latest(snaps.frame, scorer, store)  # scored_at: at commit
+        if webhooks:
+            alerts = _alert_line(store, summary["run_id"], webhooks, args, cfg)
     finally:
         store.close()
     bands = ", ".join(f"{k} {v}" for k, v in sorted(summary["bands"].items()))
@@ -330,7 +339,59 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         f"v{v_churn} / expansion v{v_exp}: {bands}; mean health {summary['mean_health']}; "
         f"run {summary['run_id']} in {store!r} ({summary['seconds']} s)"
     )
-    return 0
+    if alerts:
+        print(alerts)
+    return 0  # alert delivery never fails the run: it is in the line above and the store
+
+
+def _webhooks(args: argparse.Namespace) -> list[str]:
+    """The alert webhook URLs (checked: http(s), a secret set); [] when alerts are off."""
+    from serving.alerts import check_webhooks
+
+    settings: Settings = args.settings
+    urls = settings.webhook_urls()
+    secret = settings.alert_secret.get_secret_value() if settings.alert_secret else None
+    check_webhooks(urls, secret)
+    return urls
+
+
+def _alert_line(
+    store: ScoreStore, run_id: str, urls: list[str], args: argparse.Namespace, cfg: Config
+) -> str:
+    """Send a scored run's alerts; the summary line (a failure is reported, never raised)."""
+    from serving.alerts import alert_run
+
+    secret = args.settings.alert_secret.get_secret_value()
+    try:
+        return alert_run(store, run_id, urls, secret, cfg.alerts).line()
+    except UserError as err:
+        return f"alerts: not sent: {one_line(str(err), 300)}"
+    except Exception as err:  # the run is committed: a bug here must not fail it
+        log.exception("alerts: sending failed")
+        return f"alerts: not sent: {type(err).__name__} (see the log above)"
+
+
+def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
+    """(Re)send a scoring run's alerts; those delivered before are skipped (idempotent).
+
+    Exit 1 when a delivery failed (unlike `score`, sending is this command's job).
+    """
+    from serving.alerts import alert_run
+
+    urls = _webhooks(args)
+    if not urls:
+        raise UserError("no webhooks: set CSHEALTH_ALERT_WEBHOOKS (and CSHEALTH_ALERT_SECRET)")
+    store = _store(args, cfg, create=False)
+    try:
+        run_id = args.run or (store.latest_run() or {}).get("run_id")
+        if not run_id:
+            raise UserError(f"no scoring run in {store!r}: run `cshealth score` first")
+        secret = args.settings.alert_secret.get_secret_value()
+        summary = alert_run(store, run_id, urls, secret, cfg.alerts)
+    finally:
+        store.close()
+    print(f"run {run_id}: {summary.line()}")
+    return 1 if summary.failed or summary.not_recorded else 0
 
 
 def _say_passed_over(champions: dict[str, int]) -> None:
@@ -498,11 +559,105 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     data = collect(
         _store(args, cfg), snaps.frame, cfg.train.reports_dir,
         cfg.checks.reports_dir, cfg.checks.snapshot_report, cfg.features.expansion_threshold,
+        monitor_file=cfg.monitor.out,
     )  # fmt: skip
     page = render(data)
     write_text(page, out)
     print(f"wrote {out} ({len(page) / 1024:,.0f} KiB, {len(data.scores):,} accounts)")
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
+    """Drift of the newest scoring run vs the champion's training data or the previous run."""
+    import json
+
+    from features.io import write_text
+    from features.snapshots import SnapshotTable
+    from serving.drift import drift_report, sample
+
+    params = cfg.monitor.drift
+    if args.reference:
+        params = params.model_copy(update={"reference": args.reference})
+    out = Path(args.out or cfg.monitor.out)
+    features = Path(args.features or cfg.features.out)
+    snaps = SnapshotTable.read(features)
+    store = _store(args, cfg)
+    try:
+        runs = store.recent_runs(2)
+        if not runs:
+            raise UserError(f"no scoring run in {store!r}: run `cshealth score` first")
+        current = _run_rows(store, runs[0], snaps.frame, features)
+        if params.reference == "previous":
+            if len(runs) < 2:
+                raise UserError(f"only one scoring run in {store!r}: nothing to compare it "
+                                "with; use --reference training")  # fmt: skip
+            ref = _run_rows(store, runs[1], snaps.frame, features)
+            ref_sample, names = sample("previous", ref, runs[1]["run_id"]), snaps.features
+    finally:
+        store.close()
+    if params.reference == "training":
+        ref, names = _training_reference(snaps, features, runs[0])
+        ref_sample = sample("training", ref)
+    cur_sample = sample("current", current, runs[0]["run_id"])
+    report = drift_report(ref, current, names, params, (ref_sample, cur_sample))
+    write_text(json.dumps(report.to_dict(), indent=2) + "\n", out)
+    print(_drift_table(report))
+    print(f"wrote {out}")
+    print(report.summary_line())
+    return 1 if report.crossed else 0
+
+
+def _run_rows(store: ScoreStore, run: dict, frame: pd.DataFrame, features: Path) -> pd.DataFrame:
+    """The snapshot rows a stored run scored, with its stored probabilities."""
+    from serving.drift import rows_at, with_scores
+
+    scores = store.run_scores(run["run_id"])
+    rows = with_scores(rows_at(frame, run["as_of"]), scores)
+    if rows.empty:
+        raise UserError(f"{features} holds none of the {len(scores):,} accounts of run "
+                        f"{run['run_id']} at as_of {run['as_of']}: point --features at the "
+                        "snapshot table that run scored")  # fmt: skip
+    if len(rows) < len(scores):
+        log.warning("%d of the %d accounts of run %s are not in %s at as_of %s",
+                    len(scores) - len(rows), len(scores), run["run_id"], features,
+                    run["as_of"])  # fmt: skip
+    return rows
+
+
+def _training_reference(
+    snaps: SnapshotTable, features: Path, run: dict
+) -> tuple[pd.DataFrame, list[Feature]]:
+    """The champions' training rows (scored by them) and the features the models read."""
+    from serving.drift import PROBABILITIES, training_rows
+    from training import tracking
+
+    models = {t.name: tracking.load_champion(t.name) for t in (CHURN, EXPANSION)}
+    churn, version = models[CHURN.name]
+    for name, (_, v) in models.items():
+        if str(v) != str(run[f"{name}_model_version"]):
+            log.warning("run %s scored with %s v%s; the champion is now v%s", run["run_id"],
+                        name, run[f"{name}_model_version"], v)  # fmt: skip
+    rows = training_rows(snaps.frame, churn.info, snaps.labels.get(CHURN.name))
+    if rows.empty:
+        raise UserError(f"{features} holds none of the rows {CHURN.name} v{version} was "
+                        "trained on: point --features at its training table, or use "
+                        "--reference previous")  # fmt: skip
+    columns = dict(PROBABILITIES)
+    rows = rows.assign(**{columns[t]: m.predict_proba(rows) for t, (m, _) in models.items()})
+    names = {f.name: f for m, _ in models.values() for f in m.features}
+    return rows, list(names.values())
+
+
+def _drift_table(report: DriftReport) -> str:
+    """The probabilities and the worst features: PSI, missing shares, new categories."""
+    lines = [f"{'input':<34}{'PSI':>7}  {'missing ref -> now':<20}{'new cats':>9}  level"]
+    top = report.features[: report.params.top_features]
+    for d in [*report.probabilities, *top]:
+        psi = f"{d.psi:7.3f}" if d.psi == d.psi else f"{'-':>7}"
+        missing = f"{d.missing_reference:.0%} -> {d.missing_current:.0%}"
+        new = f"{d.new_category_share:.0%}" if d.categorical else "-"
+        lines.append(f"{d.name[:33]:<34}{psi}  {missing:<20}{new:>9}  {d.level}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -560,6 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
     s.set_defaults(func=cmd_score)
 
+    al = sub.add_parser("alerts", help=cmd_alerts.__doc__)
+    al.add_argument("--run", metavar="RUN_ID", help="scoring run (default: the newest)")
+    al.set_defaults(func=cmd_alerts)
+
     sv = sub.add_parser("serve", help=cmd_serve.__doc__)
     sv.add_argument("--port", type=int, help="port (default: serving.port)")
     sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
@@ -571,6 +730,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="HTML file (default: report.out)")
     rp.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
     rp.set_defaults(func=cmd_report)
+
+    mo = sub.add_parser("monitor", help=cmd_monitor.__doc__)
+    mo.add_argument(
+        "--reference", choices=("training", "previous"),
+        help="compare with the champion's training snapshots or the previous run "
+        "(default: monitor.drift.reference); exit 1 when a drift threshold is crossed",
+    )  # fmt: skip
+    mo.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    mo.add_argument("--out", type=Path, help="JSON results (default: monitor.out)")
+    mo.set_defaults(func=cmd_monitor)
 
     m = sub.add_parser("models", help=cmd_models.__doc__)
     m.add_argument(

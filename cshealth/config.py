@@ -9,7 +9,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.settings import FeatureParams
-from serving.settings import ExplainParams, HealthParams, ServingParams
+from serving.settings import (
+    AlertParams,
+    ExplainParams,
+    HealthParams,
+    MonitorParams,
+    ServingParams,
+)
 from simulator import EndDateConvention, preset_names
 from training.settings import RuleComponent, TrainParams
 
@@ -76,6 +82,8 @@ class Config(_Frozen):
     health: HealthParams = HealthParams()
     explanations: ExplainParams = ExplainParams()
     serving: ServingParams = ServingParams()
+    monitor: MonitorParams = MonitorParams()
+    alerts: AlertParams = AlertParams()
     report: ReportParams = ReportParams()
 
 

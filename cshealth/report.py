@@ -25,6 +25,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from features.contract import Col
+from serving.drift import drift_context
 from serving.store import SCORE_FIELDS, ScoreStore
 from serving.waterfall import BAND_COLOURS, DEFAULT_BASE_HEALTH, default_title, waterfall_svg
 
@@ -66,6 +67,7 @@ class ReportData:
     expansion_threshold: float
     trained_at: str | None = None
     base_health: float = DEFAULT_BASE_HEALTH  # health of an average account (the run's)
+    monitor: dict[str, Any] | None = None  # `cshealth monitor`'s JSON for this run
     generated_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
@@ -111,8 +113,12 @@ def collect(
     checks_dir: Path,
     snapshot_report: Path,
     expansion_threshold: float,
+    monitor_file: Path | None = None,
 ) -> ReportData:
-    """Read the newest scoring run and everything around it."""
+    """Read the newest scoring run and everything around it.
+
+    `monitor_file` (`cshealth monitor`'s JSON) is shown when it describes this run.
+    """
     runs = store.recent_runs(2)
     if not runs:
         raise ReportError(f"no scoring run in {store!r}: run `cshealth score` first")
@@ -138,7 +144,16 @@ def collect(
         expansion_threshold=expansion_threshold,
         trained_at=trained.strftime("%Y-%m-%d %H:%M UTC"),
         base_health=_base_health(run),
+        monitor=_monitor_of(monitor_file, run["run_id"]),
     )
+
+
+def _monitor_of(path: Path | None, run_id: str) -> dict[str, Any] | None:
+    """The monitor's results when they are about `run_id` (an older file is not shown)."""
+    found = _json(Path(path)) if path is not None else None
+    if found is None or (found.get("current") or {}).get("run_id") != run_id:
+        return None
+    return found
 
 
 # ----- figures ---------------------------------------------------------------------
@@ -430,6 +445,7 @@ def context(data: ReportData) -> dict[str, Any]:
         "drivers": _drivers(data),
         "plots": {k: _image(data.plots.get(k)) for k in PLOTS},
         "trust": _trust(data),
+        "drift": drift_context(data.monitor) if data.monitor is not None else None,
         "checks": [
             _check("Raw data (contract checks)", data.checks),
             _check("Snapshot table (feature checks)", data.snapshot_checks),

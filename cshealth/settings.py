@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     microbatch: bool = Field(True, validation_alias=_env("CSHEALTH_MICROBATCH"),
         description="`0` scores each request on its own (for comparison in the "
         "benchmark).")  # fmt: skip
+    # ----- alerts
+    alert_webhooks: SecretStr | None = Field(None, validation_alias=_env("CSHEALTH_ALERT_WEBHOOKS"),
+        description="Webhook URLs alerts are POSTed to after `cshealth score`, separated by "
+        "spaces or commas (unset: no alerts).")  # fmt: skip
+    alert_secret: SecretStr | None = Field(None, validation_alias=_env("CSHEALTH_ALERT_SECRET"),
+        description="The key of the alerts' HMAC-SHA256 signature header "
+        "(`X-CSHealth-Signature: sha256=<hex>`); required when webhooks are set.")  # fmt: skip
+
     bentoml_timer_fix: bool = Field(True, validation_alias=_env("CSHEALTH_BENTOML_TIMER_FIX"),
         description="`0` leaves BentoML's timeout middleware unpatched (see "
         "`serving/bentoml_fixes.py`).")  # fmt: skip
@@ -138,6 +146,11 @@ class Settings(BaseSettings):
             name = str(first["loc"][0]) if first["loc"] else "environment"
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise UserError(f"{name}: {msg}") from None
+
+    def webhook_urls(self) -> list[str]:
+        """The alert webhook URLs in clear (they may hold tokens: never log them)."""
+        text = self.alert_webhooks.get_secret_value() if self.alert_webhooks else ""
+        return [u for u in text.replace(",", " ").split() if u]
 
     def db_url_value(self) -> str | None:
         """The store URL in clear (it may hold a password: never log it)."""

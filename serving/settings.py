@@ -114,3 +114,61 @@ class ExplainParams(_Frozen):
     #: healthy accounts a segment needs before its own median is the peer value
     min_peers: int = Field(5, ge=1)
     playbook: tuple[Play, ...] = DEFAULT_PLAYBOOK
+
+
+class DriftParams(_Frozen):
+    """When `cshealth monitor` calls the newest run drifted (exit code 1)."""
+
+    #: reference of the drift comparison: the champion's training snapshots, or the run before
+    reference: Literal["training", "previous"] = "training"
+    #: population stability index bins (quantiles of the reference)
+    bins: int = Field(10, ge=2, le=100)
+    #: PSI at or above which a feature or a probability counts as drifted (0.25: a big shift)
+    psi_alert: float = Field(0.25, gt=0)
+    #: PSI shown as a warning in the report (0.1: a moderate shift)
+    psi_warn: float = Field(0.1, gt=0)
+    #: rise of a feature's share of missing values (absolute) that counts as drift
+    missing_increase: float = Field(0.2, gt=0, le=1)
+    #: share of rows holding categories the reference never had that counts as drift
+    new_category_share: float = Field(0.05, gt=0, le=1)
+    #: features listed in the summary line and the report
+    top_features: int = Field(10, ge=1, le=100)
+
+
+class RealisedParams(_Frozen):
+    """How past scoring runs are checked against what happened."""
+
+    #: a run is evaluated once its as_of + features.horizon_days is within the data
+    min_accounts: int = Field(20, ge=1)
+    #: the "flagged" bands of the churned-ARR share
+    flagged_bands: tuple[Literal["red", "yellow", "green"], ...] = ("red", "yellow")
+
+
+class MonitorParams(_Frozen):
+    """`cshealth monitor`: drift of the newest run and realised accuracy of past ones."""
+
+    out: Path = Path("reports/monitor.json")
+    drift: DriftParams = DriftParams()
+    realised: RealisedParams = RealisedParams()
+
+
+class AlertParams(_Frozen):
+    """Alerts after `cshealth score`: which accounts, how they are sent.
+
+    The webhook URLs and the signing secret are settings (`CSHEALTH_ALERT_WEBHOOKS`,
+    `CSHEALTH_ALERT_SECRET`): a Slack webhook URL is itself a secret.
+    """
+
+    #: alert an account whose band got worse than in the previous run
+    on_band_worsened: bool = True
+    #: alert an account whose churn probability crossed this (upwards); None: off
+    churn_probability_above: float | None = Field(0.3, gt=0, lt=1)
+    #: "json" (the alert as JSON) or "slack" (a Slack-compatible text + blocks message)
+    format: Literal["json", "slack"] = "json"
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    #: attempts per alert and webhook (retries on 5xx, 429, timeouts, refused connections)
+    max_attempts: int = Field(4, ge=1, le=10)
+    #: first retry delay; doubled each time
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    #: at most this many alerts per run (the most at-risk first); the rest are counted
+    max_alerts: int = Field(200, ge=0)

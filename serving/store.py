@@ -6,6 +6,8 @@ Tables:
   previous scoring, components and reasons. Append-only: history is never rewritten.
 * ``latest_features`` — the newest feature snapshot per account, for online look-up
   and what-if scoring; replaced by each run.
+* ``alert_deliveries`` — per run, account and webhook (a fingerprint of its URL, never
+  the URL): how the alert's delivery went (`serving.alerts`); one row, updated on resends.
 
 A run is written in one transaction, so readers (several service replicas) see
 either the previous run or the complete new one, never half of it. Writers are
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from cshealth.errors import UserError
@@ -104,6 +107,24 @@ latest_features = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("features", sa.JSON, nullable=False),
 )
+
+alert_deliveries = sa.Table(
+    "alert_deliveries",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(ACCOUNT_ID_MAX), primary_key=True),
+    # a fingerprint of the webhook URL (the URL may hold a token: it is never stored)
+    sa.Column("webhook", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),  # summed over every send
+    sa.Column("http_status", sa.Integer, nullable=True),  # of the last attempt
+    sa.Column("error", sa.String(300), nullable=True),  # of the last attempt, short
+    sa.Column("first_attempt_at", sa.DateTime, nullable=True),
+    sa.Column("last_attempt_at", sa.DateTime, nullable=True),
+    sa.Column("delivered_at", sa.DateTime, nullable=True),
+)
+#: the columns of an `alert_deliveries` row (`ScoreStore.record_deliveries`)
+DELIVERY_FIELDS = tuple(c.name for c in alert_deliveries.columns)
 
 #: the score fields stored per account (and returned by the API)
 SCORE_FIELDS = (
@@ -372,6 +393,59 @@ class ScoreStore:
                 )  # fmt: skip
         log.info("store: run %s wrote %d scores to %r", run_id, len(rows), self)
         return len(rows)
+
+    # ----- alert deliveries ------------------------------------------------------
+    def record_deliveries(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or update delivery rows (`DELIVERY_FIELDS`) keyed by run, account, webhook.
+
+        On an existing row the attempts add up, the first attempt time stays and a
+        delivered row stays delivered; the rest is the newest send's.
+        """
+        if not rows:
+            return
+        t = alert_deliveries
+        with self._write("recording alert deliveries") as conn:
+            metadata.create_all(conn, tables=[t])  # a store created by an older version
+            insert = (postgresql.insert if self.is_postgres else sqlite.insert)(t)
+            new = insert.excluded
+            kept = t.c.status == "delivered"
+            stmt = insert.on_conflict_do_update(
+                index_elements=[t.c.run_id, t.c.account_id, t.c.webhook],
+                set_={
+                    "attempts": t.c.attempts + new.attempts,
+                    "first_attempt_at": sa.func.coalesce(t.c.first_attempt_at,
+                                                         new.first_attempt_at),
+                    "last_attempt_at": new.last_attempt_at,
+                    "status": sa.case((kept, t.c.status), else_=new.status),
+                    "http_status": new.http_status,
+                    "error": new.error,
+                    "delivered_at": sa.func.coalesce(t.c.delivered_at, new.delivered_at),
+                },
+            )  # fmt: skip
+            conn.execute(stmt, [{k: r.get(k) for k in DELIVERY_FIELDS} for r in rows])
+
+    def delivered(self, run_id: str) -> set[tuple[str, str]]:
+        """The (account_id, webhook fingerprint) pairs of a run whose alert was delivered."""
+        t = alert_deliveries
+        q = sa.select(t.c.account_id, t.c.webhook).where(
+            t.c.run_id == run_id, t.c.status == "delivered"
+        )
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(t.name):
+                    return set()  # an older store, opened without `create`
+                return {(a, w) for a, w in conn.execute(q)}
+        except sa.exc.DBAPIError as err:
+            raise self._error(err, "reading alert deliveries", False) from None
+
+    def deliveries(self, run_id: str) -> list[dict[str, Any]]:
+        """Every delivery row of a run (account, then webhook order)."""
+        t = alert_deliveries
+        q = sa.select(t).where(t.c.run_id == run_id).order_by(t.c.account_id, t.c.webhook)
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(t.name):
+                return []
+            return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
     # ----- reading ----------------------------------------------------------------
     def latest_run(self) -> dict[str, Any] | None:
