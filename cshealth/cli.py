@@ -607,6 +607,31 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
     return 1 if report.crossed else 0
 
 
+def cmd_weekly(args: argparse.Namespace, cfg: Config) -> int:
+    """The scheduled job on new data, no retraining: check, features, score (+ alerts), monitor.
+
+    Stops at the first failing step (bad data is never scored); drift found by the
+    monitor is its exit code 1 after every step ran, so a scheduler can act on it.
+    """
+    steps: list[tuple[str, Callable[[argparse.Namespace, Config], int], dict]] = [
+        ("check", cmd_check, {"reports": None}),
+        ("features", cmd_features, {"out": args.features}),
+        ("score", cmd_score, {}),
+        ("monitor", cmd_monitor, {"reference": None, "out": None}),
+    ]
+    t0 = time.perf_counter()
+    for i, (name, func, extra) in enumerate(steps, 1):
+        print(f">> weekly {i}/{len(steps)}: {name}", flush=True)
+        code = func(argparse.Namespace(**{**vars(args), **extra}), cfg)
+        if code != 0 and name != "monitor":
+            print(f"error: weekly job stopped at {name} (exit {code}); later steps did not run",
+                  file=sys.stderr)  # fmt: skip
+            return code
+    print(f"weekly job done in {time.perf_counter() - t0:.1f} s"
+          + ("; drift found (see above)" if code else ""))  # fmt: skip
+    return code
+
+
 def _run_rows(store: ScoreStore, run: dict, frame: pd.DataFrame, features: Path) -> pd.DataFrame:
     """The snapshot rows a stored run scored, with its stored probabilities."""
     from serving.drift import rows_at, with_scores
@@ -730,6 +755,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="HTML file (default: report.out)")
     rp.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
     rp.set_defaults(func=cmd_report)
+
+    wk = sub.add_parser("weekly", help=cmd_weekly.__doc__)
+    wk.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    wk.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    wk.add_argument("--run-date", type=_date, help="no timestamp may be later (default: today)")
+    wk.set_defaults(func=cmd_weekly)
 
     mo = sub.add_parser("monitor", help=cmd_monitor.__doc__)
     mo.add_argument(
