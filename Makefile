@@ -29,21 +29,23 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	@echo ">> 1/8 generating sample data (params.yaml: simulator)"
+	@echo ">> 1/9 generating sample data (params.yaml: simulator)"
 	$(BIN)/cshealth generate
-	@echo ">> 2/8 checking the data against the contract"
+	@echo ">> 2/9 checking the data against the contract"
 	$(BIN)/cshealth check
-	@echo ">> 3/8 building point-in-time snapshots (features + labels)"
+	@echo ">> 3/9 building point-in-time snapshots (features + labels)"
 	$(BIN)/cshealth features
-	@echo ">> 4/8 training churn + expansion models, backtest vs baselines, MLflow registry"
+	@echo ">> 4/9 training churn + expansion models, backtest vs baselines, MLflow registry"
 	$(BIN)/cshealth train --truth data/truth.parquet
-	@echo ">> 5/8 scoring the newest snapshot into the score store"
+	@echo ">> 5/9 scoring the newest snapshot into the score store"
 	$(BIN)/cshealth score
-	@echo ">> 6/8 drift of the new scores vs the champion's training data (exit 1 = drift found)"
+	@echo ">> 6/9 replaying past months out of time (models trained on the data before them)"
+	$(BIN)/cshealth replay
+	@echo ">> 7/9 drift vs the champion's training data (exit 1 = drift found) and realised accuracy"
 	-$(BIN)/cshealth monitor
-	@echo ">> 7/8 writing the leadership risk report"
+	@echo ">> 8/9 writing the leadership risk report"
 	$(BIN)/cshealth report
-	@echo ">> 8/8 starting the scoring service (a fresh API key unless CSHEALTH_API_KEY is set)"
+	@echo ">> 9/9 starting the scoring service (a fresh API key unless CSHEALTH_API_KEY is set)"
 	@KEY=$${CSHEALTH_API_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
 	  CSHEALTH_API_KEY=$$KEY $(BIN)/cshealth serve --show-key
 

@@ -326,10 +326,14 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         churn, v_churn = tracking.load_champion(CHURN.name)
         expansion, v_exp = tracking.load_champion(EXPANSION.name)
         _say_passed_over({CHURN.name: v_churn, EXPANSION.name: v_exp})
-        scorer = Scorer(ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health,
-                        cfg.explanations)
-        summary = score_latest(snaps.frame, scorer, store)  # scored_at: at commit
-        if webhooks:
+        scorer = Scorer(
+            ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health, cfg.explanations
+        )
+        try:  # scored_at: at commit
+            summary = score_latest(snaps.frame, scorer, store, as_of=args.as_of)
+        except ValueError as err:
+            raise UserError(f"{features}: {err}") from None
+        if webhooks and not summary["backfill"]:
             alerts = _alert_line(store, summary["run_id"], webhooks, args, cfg)
     finally:
         store.close()
@@ -339,6 +343,9 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
         f"v{v_churn} / expansion v{v_exp}: {bands}; mean health {summary['mean_health']}; "
         f"run {summary['run_id']} in {store!r} ({summary['seconds']} s)"
     )
+    if summary["backfill"]:
+        print("a backfill run (as_of before the served run's): kept as history for realised "
+              "accuracy (`cshealth monitor`); not served, no alerts")  # fmt: skip
     if alerts:
         print(alerts)
     return 0  # alert delivery never fails the run: it is in the line above and the store
@@ -386,6 +393,9 @@ def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
         run_id = args.run or (store.latest_run() or {}).get("run_id")
         if not run_id:
             raise UserError(f"no scoring run in {store!r}: run `cshealth score` first")
+        if any(r["run_id"] == run_id and r.get("backfill") for r in store.all_runs()):
+            raise UserError(f"run {run_id} is a backfill run (history, scored after a later "
+                            "date): it sends no alerts")  # fmt: skip
         secret = args.settings.alert_secret.get_secret_value()
         summary = alert_run(store, run_id, urls, secret, cfg.alerts)
     finally:
@@ -600,11 +610,139 @@ def cmd_monitor(args: argparse.Namespace, cfg: Config) -> int:
         ref_sample = sample("training", ref)
     cur_sample = sample("current", current, runs[0]["run_id"])
     report = drift_report(ref, current, names, params, (ref_sample, cur_sample))
-    write_text(json.dumps(report.to_dict(), indent=2) + "\n", out)
+    realised = _realised_or_why(args, cfg, snaps)
+    write_text(json.dumps({**report.to_dict(), "realised": realised}, indent=2) + "\n", out)
     print(_drift_table(report))
+    print(_realised_table(realised))
     print(f"wrote {out}")
     print(report.summary_line())
     return 1 if report.crossed else 0
+
+
+def _subscriptions(data: Path, snaps: SnapshotTable) -> pd.DataFrame:
+    """The data folder's subscriptions, end dates read as the snapshot table read them."""
+    from features.contract import T
+    from features.io import ContractError, load_table
+    from features.subscriptions import to_inclusive
+
+    loaded = load_table(data, T.SUBSCRIPTIONS)
+    if loaded is None:
+        raise UserError(f"{data}: no {T.SUBSCRIPTIONS} table: point --data at the data folder")
+    if loaded.issues:
+        raise ContractError(loaded.issues)
+    return to_inclusive(loaded.frame, snaps.end_date_convention)  # type: ignore[arg-type]
+
+
+def _realised(args: argparse.Namespace, cfg: Config, snaps: SnapshotTable) -> dict:
+    """Realised accuracy of every stored run whose outcome window the data now cover."""
+    from serving.realised import realised
+
+    subs = _subscriptions(Path(args.data or cfg.data.raw_dir), snaps)
+    label_params = cfg.features.model_copy(
+        update={
+            "horizon_days": snaps.horizon_days,
+            "expansion_threshold": snaps.expansion_threshold,
+        }
+    )
+    store = _store(args, cfg, create=False)
+    try:
+        return realised(store.all_runs(), store.predictions, subs, snaps.cutoff, label_params,
+                        cfg.monitor.realised)  # fmt: skip
+    finally:
+        store.close()
+
+
+def _realised_or_why(args: argparse.Namespace, cfg: Config, snaps: SnapshotTable) -> dict:
+    """`_realised`, or why it could not be measured (drift is still reported)."""
+    from features.io import ContractError
+
+    try:
+        return _realised(args, cfg, snaps)
+    except (UserError, ContractError, OSError) as err:
+        log.warning("realised accuracy not measured: %s", one_line(str(err), 300))
+        return {"error": one_line(str(err), 300)}
+
+
+def _realised_table(report: dict) -> str:
+    """Per past run: status, accounts with an outcome, churn figures; then the pooled line."""
+    from serving.realised import summary_line
+
+    if "error" in report:
+        return f"realised accuracy: not measured: {report['error']}"
+    lines = [f"{'as_of':<11}{'run':<10}{'models':<26}{'known':>6}{'churned':>8}{'AUC':>7}"
+             f"{'lift':>6}{'ECE':>7}{'flagged':>8}  status"]  # fmt: skip
+    for r in report["runs"]:
+        m = r["metrics"] or {}
+        churn, expansion = r["models"]["churn"], r["models"]["expansion"]
+        models = churn if churn == expansion else f"{churn}/{expansion}"
+        lines.append(
+            f"{r['as_of']:<11}{r['run_id'][:8]:<10}{models[:25]:<26}{r['known']:>6}"
+            f"{m.get('churned', '-'):>8}{_cell(m.get('roc_auc')):>7}"
+            f"{_cell(m.get('top_decile_lift'), 1):>6}{_cell(m.get('ece')):>7}"
+            f"{_cell(m.get('flagged_churned_arr_share'), pct=True):>8}  {r['status']}"
+        )
+    return "\n".join([*lines, summary_line(report)]) if report["runs"] else summary_line(report)
+
+
+def _cell(x: float | None, digits: int = 3, pct: bool = False) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.0%}" if pct else f"{x:.{digits}f}"
+
+
+def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
+    """Score past months out of time, as a model deployed then would have (realised accuracy).
+
+    Trains models on the snapshot rows and labels known before the first replayed as_of
+    (in memory, not registered), scores that date and the later ones whose outcome the
+    data show, each stored as a backfill run (history, never served); then prints their
+    realised accuracy, as `cshealth monitor` does.
+    """
+    from features.snapshots import SnapshotTable
+    from serving.batch import score_latest
+    from serving.predictor import ModelPair, Scorer
+    from serving.realised import replay_dates
+    from training.train import train
+
+    t0 = time.perf_counter()
+    features = Path(args.features or cfg.features.out)
+    snaps = SnapshotTable.read(features)
+    label = snaps.labels[CHURN.name]
+    labelled = snaps.frame.loc[snaps.frame[label].notna(), Col.AS_OF].unique()
+    try:
+        dates = replay_dates(snaps.frame[Col.AS_OF].unique(), labelled,
+                             args.runs or cfg.monitor.realised.replay_runs, args.start)  # fmt: skip
+    except ValueError as err:
+        raise UserError(f"{features}: {err}") from None
+    if not dates:
+        raise UserError(f"{features}: no as_of date with a known outcome yet: the data must "
+                        f"reach an as_of + {snaps.horizon_days} days")  # fmt: skip
+    known = snaps.known_at(dates[0])
+    rows = int(known.frame[label].notna().sum())
+    print(f"replay: training on the {rows:,} rows with outcomes known before "
+          f"{dates[0].date()} (not registered)", flush=True)  # fmt: skip
+    try:
+        result = train(known, cfg.train, list(cfg.rules))
+    except ValueError as err:
+        raise UserError(f"replay from {dates[0].date()}: {one_line(str(err), 400)}; replay a "
+                        "later date (--start) or fewer (--runs)") from None  # fmt: skip
+    version = f"replay-{dates[0].date()}"
+    models = ModelPair(result.targets[CHURN.name].model, result.targets[EXPANSION.name].model,
+                       version, version)  # fmt: skip
+    scorer = Scorer(models, cfg.health, cfg.explanations)
+    store = _store(args, cfg)
+    try:
+        for d in dates:
+            summary = score_latest(snaps.frame, scorer, store, as_of=d.date(), backfill=True)
+            bands = ", ".join(f"{k} {v}" for k, v in sorted(summary["bands"].items()))
+            print(f"replay: scored {summary['accounts']:,} accounts at as_of {summary['as_of']} "
+                  f"(backfill run {summary['run_id'][:8]}): {bands}", flush=True)  # fmt: skip
+    finally:
+        store.close()
+    print(_realised_table(_realised_or_why(args, cfg, snaps)))
+    print(f"replay done in {time.perf_counter() - t0:.1f} s; `cshealth monitor` adds these runs' "
+          "realised accuracy to monitor.json and the report")  # fmt: skip
+    return 0
 
 
 def cmd_weekly(args: argparse.Namespace, cfg: Config) -> int:
@@ -616,7 +754,7 @@ def cmd_weekly(args: argparse.Namespace, cfg: Config) -> int:
     steps: list[tuple[str, Callable[[argparse.Namespace, Config], int], dict]] = [
         ("check", cmd_check, {"reports": None}),
         ("features", cmd_features, {"out": args.features}),
-        ("score", cmd_score, {}),
+        ("score", cmd_score, {"as_of": None}),
         ("monitor", cmd_monitor, {"reference": None, "out": None}),
     ]
     t0 = time.perf_counter()
@@ -738,6 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help=cmd_score.__doc__)
     s.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    s.add_argument(
+        "--as-of", type=_date, metavar="DATE",
+        help="score the snapshot at this as_of (default: the newest); a date before the "
+        "served run's is stored as a backfill run: history for realised accuracy, not served",
+    )  # fmt: skip
     s.set_defaults(func=cmd_score)
 
     al = sub.add_parser("alerts", help=cmd_alerts.__doc__)
@@ -769,8 +912,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: monitor.drift.reference); exit 1 when a drift threshold is crossed",
     )  # fmt: skip
     mo.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    mo.add_argument(
+        "--data", type=Path,
+        help="data folder whose subscriptions say what happened (default: data.raw_dir)",
+    )  # fmt: skip
     mo.add_argument("--out", type=Path, help="JSON results (default: monitor.out)")
     mo.set_defaults(func=cmd_monitor)
+
+    rl = sub.add_parser("replay", help=cmd_replay.__doc__.splitlines()[0])
+    rl.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
+    rl.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    rl.add_argument(
+        "--runs", type=_positive,
+        help="how many as_of dates to score (default: monitor.realised.replay_runs)",
+    )  # fmt: skip
+    rl.add_argument(
+        "--start", type=_date, metavar="DATE",
+        help="first as_of to score; the models see only data before it (default: the "
+        "--runs-th newest as_of with a known outcome)",
+    )  # fmt: skip
+    rl.set_defaults(func=cmd_replay)
 
     m = sub.add_parser("models", help=cmd_models.__doc__)
     m.add_argument(

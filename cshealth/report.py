@@ -446,6 +446,7 @@ def context(data: ReportData) -> dict[str, Any]:
         "plots": {k: _image(data.plots.get(k)) for k in PLOTS},
         "trust": _trust(data),
         "drift": drift_context(data.monitor) if data.monitor is not None else None,
+        "realised": (data.monitor or {}).get("realised"),
         "checks": [
             _check("Raw data (contract checks)", data.checks),
             _check("Snapshot table (feature checks)", data.snapshot_checks),

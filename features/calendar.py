@@ -6,18 +6,27 @@ import logging
 
 import pandas as pd
 
-from features.contract import TABLES, Col
+from features.contract import TABLES, Col, Kind
 from features.settings import FeatureParams
 
 log = logging.getLogger(__name__)
 
 
-def observed_range(frames: dict[str, pd.DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Oldest and newest observed record over the contract's `observed` columns."""
+def observed_range(
+    frames: dict[str, pd.DataFrame], activity: bool = False
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Oldest and newest observed record over the contract's `observed` columns.
+
+    With `activity`, only the timestamp columns (things that happened: events, tickets,
+    responses, measurements), not contract dates such as a term's start, which may be
+    booked ahead of the activity data.
+    """
     lo: list[pd.Timestamp] = []
     hi: list[pd.Timestamp] = []
     for name, df in frames.items():
         for col in TABLES[name].columns:
+            if activity and col.kind != Kind.TIMESTAMP:
+                continue
             if col.observed and col.name in df.columns and df[col.name].notna().any():
                 lo.append(df[col.name].min())
                 hi.append(df[col.name].max())
@@ -32,14 +41,21 @@ def scoring_date(cutoff: pd.Timestamp) -> pd.Timestamp:
 
 
 def snapshot_dates(
-    data_start: pd.Timestamp, cutoff: pd.Timestamp, params: FeatureParams
+    data_start: pd.Timestamp,
+    cutoff: pd.Timestamp,
+    params: FeatureParams,
+    activity_end: pd.Timestamp | None = None,
 ) -> pd.DatetimeIndex:
     """Regular `as_of` dates from the first with enough history to the scoring date.
 
     The scoring date (the day after the cutoff) is always the last one, so the
-    newest snapshot sees all data; its labels are censored.
+    newest snapshot sees all data; its labels are censored. With `activity_end` (the
+    newest activity record) before the cutoff, the scoring date follows that instead:
+    a contract date later than the activity data (a renewal starting next day) would
+    otherwise open empty days in every usage window at scoring, which no training row has.
     """
-    last = pd.Timestamp(params.last_as_of) if params.last_as_of else scoring_date(cutoff)
+    end = cutoff if activity_end is None else min(pd.Timestamp(activity_end), cutoff)
+    last = pd.Timestamp(params.last_as_of) if params.last_as_of else scoring_date(end)
     earliest = pd.Timestamp(data_start).normalize() + pd.Timedelta(days=params.min_history_days)
     first = pd.Timestamp(params.first_as_of) if params.first_as_of else earliest
     freq = "MS" if params.frequency == "monthly" else "W-MON"

@@ -97,6 +97,21 @@ def label_window(grid: pd.DataFrame, subs: pd.DataFrame, horizon_days: int) -> L
     )
 
 
+def labels_of(
+    window: LabelWindow, observed: np.ndarray, params: FeatureParams, index: pd.Index
+) -> pd.DataFrame:
+    """`mrr` at as_of plus one label column per declared target (null where not observed)."""
+    missing = [t.name for t in TARGETS if t.name not in LABEL_FUNCTIONS]
+    if missing:
+        raise ValueError(f"no label function for target(s) {', '.join(missing)}")
+    out = {MRR_COLUMN: window.now["mrr"].to_numpy()}
+    for t in TARGETS:
+        values = pd.array(LABEL_FUNCTIONS[t.name](window, params).astype("int8"), dtype="Int8")
+        values[~observed] = pd.NA
+        out[t.label(params.horizon_days)] = values
+    return pd.DataFrame(out, index=index)
+
+
 def label_frame(
     grid: pd.DataFrame, subs: pd.DataFrame, cutoff: pd.Timestamp, params: FeatureParams
 ) -> pd.DataFrame:
@@ -105,14 +120,6 @@ def label_frame(
     Each target's function in `LABEL_FUNCTIONS` gives 0/1; rows whose window is
     not fully observed (`label_observed`) get null labels, never 0.
     """
-    missing = [t.name for t in TARGETS if t.name not in LABEL_FUNCTIONS]
-    if missing:
-        raise ValueError(f"no label function for target(s) {', '.join(missing)}")
     window = label_window(grid, subs, params.horizon_days)
     observed = label_observed(grid[Col.AS_OF], cutoff, params.horizon_days).to_numpy()
-    out = {MRR_COLUMN: window.now["mrr"].to_numpy()}
-    for t in TARGETS:
-        values = pd.array(LABEL_FUNCTIONS[t.name](window, params).astype("int8"), dtype="Int8")
-        values[~observed] = pd.NA
-        out[t.label(params.horizon_days)] = values
-    return pd.DataFrame(out, index=grid.index)
+    return labels_of(window, observed, params, grid.index)

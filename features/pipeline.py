@@ -8,6 +8,7 @@ population, compute each family present, attach labels. The result is a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -107,6 +108,16 @@ def descriptors(grid: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cols, index=grid.index)
 
 
+def _activity_end(
+    frames: dict[str, pd.DataFrame], ev_range: tuple[pd.Timestamp, pd.Timestamp] | None
+) -> pd.Timestamp | None:
+    """The newest activity record (events and the other timestamp columns); None: none."""
+    ends = [ev_range[1]] if ev_range is not None else []
+    with contextlib.suppress(ValueError):  # no activity table besides the events
+        ends.append(observed_range(frames, activity=True)[1])
+    return max(ends) if ends else None
+
+
 def _timed(label: str, t0: float) -> float:
     now = time.perf_counter()
     log.info("features: %s (%.1f s)", label, now - t0)
@@ -140,7 +151,7 @@ def build_snapshots(
         lo, hi = min(lo, ev_range[0]), max(hi, ev_range[1])
     cutoff = pd.Timestamp(params.cutoff) if params.cutoff else hi
     start = ev_range[0] if ev_range is not None else lo
-    dates = snapshot_dates(start, cutoff, params)
+    dates = snapshot_dates(start, cutoff, params, _activity_end(frames, ev_range))
     subs = frames[T.SUBSCRIPTIONS]
     grid = population(subs, dates)
     log.info(

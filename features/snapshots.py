@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from features.contract import Col
 from features.io import write_parquet, write_text
-from features.labels import MRR_COLUMN
+from features.labels import MRR_COLUMN, label_observed
 from features.meta import Feature, from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,21 @@ class SnapshotTable:
             "end_date_evidence": self.end_date_evidence,
             "features": [to_dict(f) for f in self.features],
         }
+
+    def known_at(self, as_of: pd.Timestamp) -> SnapshotTable:
+        """The table as data ending just before `as_of` would have given it.
+
+        Its rows up to `as_of` (features are point in time: each row only reads records
+        before its own as_of), labels only where observed by then, and that cutoff. What
+        `cshealth replay` trains on to score later dates out of time.
+        """
+        cutoff = pd.Timestamp(as_of) - pd.Timedelta(microseconds=1)
+        dates = pd.to_datetime(self.frame[Col.AS_OF])
+        frame = self.frame[dates <= pd.Timestamp(as_of)].copy()
+        hidden = ~label_observed(dates[dates <= pd.Timestamp(as_of)], cutoff, self.horizon_days)
+        for column in self.labels.values():
+            frame.loc[hidden.to_numpy(), column] = pd.NA
+        return replace(self, frame=frame.reset_index(drop=True), cutoff=cutoff)
 
     def write(self, path: Path) -> None:
         """Write the table (Parquet) and its metadata (`<stem>.meta.json`), each atomically."""

@@ -294,7 +294,8 @@ class DriftReport:
         return f"DRIFT in {len(drifted)} of {self._measured()}: {where}: {named}{more}"
 
     def _measured(self) -> str:
-        return f"{len(self.features)} features and {len(self.probabilities)} probabilities"
+        n, k = len(self.features), len(self.probabilities)
+        return f"{n + k} inputs ({n} features, {k} probabilities)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN as null); every feature, worst first."""

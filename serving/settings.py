@@ -138,10 +138,13 @@ class DriftParams(_Frozen):
 class RealisedParams(_Frozen):
     """How past scoring runs are checked against what happened."""
 
-    #: a run is evaluated once its as_of + features.horizon_days is within the data
+    #: a run is evaluated once its as_of + features.horizon_days is within the data, and
+    #: counted when this many of its accounts have a known outcome
     min_accounts: int = Field(20, ge=1)
     #: the "flagged" bands of the churned-ARR share
     flagged_bands: tuple[Literal["red", "yellow", "green"], ...] = ("red", "yellow")
+    #: `cshealth replay`: past as_of dates it scores (the newest ones with a known outcome)
+    replay_runs: int = Field(3, ge=1, le=60)
 
 
 class MonitorParams(_Frozen):

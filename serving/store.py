@@ -1,7 +1,10 @@
 """The score store: a SQL database (SQLite by default, PostgreSQL in production).
 
 Tables:
-* ``scoring_runs`` — one row per `cshealth score` run (id, time, as_of, versions).
+* ``scoring_runs`` — one row per `cshealth score` run (id, time, as_of, versions, the
+  newest data the models were trained on). A *backfill* run (`cshealth score --as-of`
+  an earlier date than the served run's, or `cshealth replay`) is history only: it is
+  never the served run, leaves ``latest_features`` alone and is compared with nothing.
 * ``scores`` — per run and account: probabilities, health, band, change since the
   previous scoring, components and reasons. Append-only: history is never rewritten.
 * ``latest_features`` — the newest feature snapshot per account, for online look-up
@@ -69,6 +72,10 @@ runs = sa.Table(
     # the run's peer table (what healthy accounts look like) and the average account's health
     sa.Column("peers", sa.JSON, nullable=True),
     sa.Column("base_health", sa.Float, nullable=True),
+    # history only, never served (null: an older store's run, served)
+    sa.Column("backfill", sa.Boolean, nullable=True),
+    # the newest data cutoff of the models' training data: a run after it is out of time
+    sa.Column("models_cutoff", sa.Date, nullable=True),
 )
 
 scores = sa.Table(
@@ -134,12 +141,14 @@ SCORE_FIELDS = (
 )  # fmt: skip
 #: JSON columns (a driver may hand them back as text)
 JSON_FIELDS = frozenset(
-    c.name for t in (runs, scores, latest_features) for c in t.columns
+    c.name
+    for t in (runs, scores, latest_features)
+    for c in t.columns
     if isinstance(c.type, sa.JSON)
 )
 #: columns added after the first release: `create` adds them to an older store
 ADDED_COLUMNS = {
-    "scoring_runs": ("peers", "base_health"),
+    "scoring_runs": ("peers", "base_health", "backfill", "models_cutoff"),
     "scores": ("name", "segment", "csm_id", "expansion_reasons", "context", "plays", "changes"),
 }
 #: score fields every item must carry (the added ones may be absent: stored as null)
@@ -276,6 +285,7 @@ class ScoreStore:
             if path.parent.is_dir():  # else SQLite reports the missing folder on use
                 private_file(path)
         self.engine: Engine = _make_engine(parsed, self.timeout)
+        self._has_backfill = False  # whether scoring_runs has the column (an older store not)
         if create:
             self.create()
 
@@ -356,15 +366,19 @@ class ScoreStore:
         Returns the number of scores written. All or nothing: one transaction.
         """
         run_id = str(run["run_id"])
+        backfill = bool(run.get("backfill"))
         _check_ids(run_id, "scores", items)
         _check_ids(run_id, "latest_features", features)
         with self._write(f"writing run {run_id}") as conn:
             metadata.create_all(conn)
             _add_columns(conn)
-            newest = conn.execute(sa.select(runs).order_by(*_NEWEST).limit(1)).mappings().first()
-            newest = _plain(dict(newest)) if newest else None
-            run["scored_at"] = _after(run.get("scored_at"),
-                                      _stamp(newest["scored_at"]) if newest else None)  # fmt: skip
+            last = conn.execute(sa.select(runs.c.scored_at).order_by(*_LAST).limit(1)).scalar()
+            run["scored_at"] = _after(run.get("scored_at"), _stamp(last) if last else None)
+            newest = None  # a backfill run is compared with nothing (it is not the next one)
+            if not backfill:
+                newest = conn.execute(_served(sa.select(runs)).order_by(*_NEWEST).limit(1))
+                newest = newest.mappings().first()
+                newest = _plain(dict(newest)) if newest else None
             previous = _previous(conn, newest["run_id"]) if newest else {}
             for item in items:
                 prev = previous.get(item["account_id"])
@@ -375,20 +389,26 @@ class ScoreStore:
                 annotate(items, newest, previous)
             rows = [
                 {**{k: item[k] if k in _REQUIRED else item.get(k) for k in SCORE_FIELDS},
-                 "as_of": _date(item["as_of"]),
+                 "as_of": as_date(item["as_of"]),
                  "run_id": run_id, "scored_at": run["scored_at"]}
                 for item in items
             ]  # fmt: skip
-            conn.execute(
-                runs.insert(), [{**run, "as_of": _date(run["as_of"]), "accounts": len(rows)}]
-            )
+            cutoff = run.get("models_cutoff")
+            conn.execute(runs.insert(), [{
+                **run, "as_of": as_date(run["as_of"]), "accounts": len(rows), "backfill": backfill,
+                "models_cutoff": as_date(cutoff) if cutoff is not None else None,
+            }])  # fmt: skip
             if rows:
                 conn.execute(scores.insert(), rows)
+            if backfill:
+                log.info("store: backfill run %s (as_of %s) wrote %d scores to %r",
+                         run_id, run["as_of"], len(rows), self)  # fmt: skip
+                return len(rows)
             conn.execute(latest_features.delete())
             if features:
                 conn.execute(
                     latest_features.insert(),
-                    [{"account_id": f["account_id"], "as_of": _date(f["as_of"]),
+                    [{"account_id": f["account_id"], "as_of": as_date(f["as_of"]),
                       "run_id": run_id, "features": f["features"]} for f in features],
                 )  # fmt: skip
         log.info("store: run %s wrote %d scores to %r", run_id, len(rows), self)
@@ -448,22 +468,39 @@ class ScoreStore:
             return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
     # ----- reading ----------------------------------------------------------------
+    def _served(self, conn: sa.Connection, q: sa.Select) -> sa.Select:
+        """`q` restricted to served runs (an older store, without the column, has only those)."""
+        if not self._has_backfill:  # looked up until found: a writer may add it any time
+            columns = sa.inspect(conn).get_columns(runs.name) \
+                if sa.inspect(conn).has_table(runs.name) else []  # fmt: skip
+            self._has_backfill = any(c["name"] == "backfill" for c in columns)
+        return _served(q) if self._has_backfill else q
+
+    def _latest_run_id(self, conn: sa.Connection) -> str | None:
+        """The run readers serve: the newest served one."""
+        q = self._served(conn, sa.select(runs.c.run_id, runs.c.scored_at))
+        return conn.execute(q.order_by(*_NEWEST).limit(1)).scalar()
+
     def latest_run(self) -> dict[str, Any] | None:
-        """The newest scoring run, or None when nothing was scored yet."""
+        """The newest served scoring run, or None when nothing was scored yet."""
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(runs).order_by(runs.c.scored_at.desc(), runs.c.run_id.desc()).limit(1)
-                )
-                .mappings()
-                .first()
-            )
+            row = conn.execute(self._served(conn, sa.select(runs)).order_by(*_NEWEST).limit(1))
+            row = row.mappings().first()
         return dict(row) if row else None
 
     def recent_runs(self, limit: int = 2) -> list[dict[str, Any]]:
-        """The newest runs, newest first."""
+        """The newest served runs (backfill runs left out), newest first."""
         with self.engine.connect() as conn:
-            q = sa.select(runs).order_by(*_NEWEST).limit(limit)
+            q = self._served(conn, sa.select(runs)).order_by(*_NEWEST).limit(limit)
+            return [_plain(dict(r)) for r in conn.execute(q).mappings()]
+
+    def all_runs(self) -> list[dict[str, Any]]:
+        """Every run, backfill runs included, oldest as_of first (then scoring order)."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(runs.name):
+                return []
+            have = {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}
+            q = sa.select(*[c for c in runs.columns if c.name in have]).order_by(*_HISTORY)
             return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
     def run_scores(self, run_id: str) -> list[dict[str, Any]]:
@@ -472,12 +509,20 @@ class ScoreStore:
             q = sa.select(*[scores.c[k] for k in SCORE_FIELDS]).where(scores.c.run_id == run_id)
             return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
+    def predictions(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's account id, probabilities and band per account (`serving.realised`)."""
+        cols = [scores.c[k] for k in
+                ("account_id", "churn_probability", "expansion_probability", "band")]  # fmt: skip
+        with self.engine.connect() as conn:
+            q = sa.select(*cols).where(scores.c.run_id == run_id)
+            return [dict(r) for r in conn.execute(q).mappings()]
+
     def latest_scores(self, account_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The newest run's score per requested account (absent ids are left out)."""
         if not account_ids:
             return {}
         with self.engine.connect() as conn:
-            last = _latest_run_id(conn)
+            last = self._latest_run_id(conn)
             if last is None:
                 return {}
             q = sa.select(*[scores.c[k] for k in SCORE_FIELDS]).where(
@@ -492,7 +537,7 @@ class ScoreStore:
             q = (
                 sa.select(scores.c.run_id, scores.c.scored_at, *[scores.c[k] for k in SCORE_FIELDS])
                 .where(scores.c.account_id == account_id)
-                .order_by(scores.c.scored_at, scores.c.run_id)
+                .order_by(scores.c.as_of, scores.c.scored_at, scores.c.run_id)
             )
             return [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
@@ -524,7 +569,7 @@ class ScoreStore:
         `run_id` lists that run instead of the newest (to pair the page with a run read
         before)."""
         with self.engine.connect() as conn:
-            run = run_id if run_id is not None else _latest_run_id(conn)
+            run = run_id if run_id is not None else self._latest_run_id(conn)
             if run is None:
                 return 0, []
             where = [scores.c.run_id == run]
@@ -544,17 +589,17 @@ class ScoreStore:
             return int(total), [_plain(dict(r)) for r in conn.execute(q).mappings()]
 
 
-#: newest run first: the one readers serve
+#: newest run first: among served runs, the one readers serve
 _NEWEST = (runs.c.scored_at.desc(), runs.c.run_id.desc())
+#: the run committed last (backfill or not): scoring order is commit order
+_LAST = _NEWEST
+#: a history's order: by as_of, then scoring order (a backfill run sits at its as_of)
+_HISTORY = (runs.c.as_of, runs.c.scored_at, runs.c.run_id)
 
 
-def _newest_run() -> sa.Select:
-    """The newest run's (run_id, scored_at): the one readers serve."""
-    return sa.select(runs.c.run_id, runs.c.scored_at).order_by(*_NEWEST).limit(1)
-
-
-def _latest_run_id(conn: sa.Connection) -> str | None:
-    return conn.execute(_newest_run()).scalar()
+def _served(q: sa.Select) -> sa.Select:
+    """`q` restricted to the runs readers may serve (not backfill; null: an older run)."""
+    return q.where(runs.c.backfill.is_not(True))
 
 
 def _previous(conn: sa.Connection, run_id: str) -> Previous:
@@ -613,7 +658,8 @@ def _check_ids(run_id: str, table: str, rows: Sequence[dict[str, Any]]) -> None:
             )
 
 
-def _date(value: Any) -> dt.date:
+def as_date(value: Any) -> dt.date:
+    """A date, datetime or ISO text as a date."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):

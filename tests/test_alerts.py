@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -281,7 +282,7 @@ def _worsen(db: Path, n: int) -> list[str]:
     """Make the stored run's `n` riskiest accounts green and safe: the next score worsens them."""
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.begin() as conn:
-        run = conn.execute(sa.text("SELECT run_id FROM scoring_runs "
+        run = conn.execute(sa.text("SELECT run_id FROM scoring_runs WHERE backfill IS NOT 1 "
                                    "ORDER BY scored_at DESC LIMIT 1")).scalar()  # fmt: skip
         ids = [r[0] for r in conn.execute(sa.text(
             "SELECT account_id FROM scores WHERE band != 'green' AND run_id = :r "
@@ -292,6 +293,20 @@ def _worsen(db: Path, n: int) -> list[str]:
                          {"a": a, "r": run})  # fmt: skip
     engine.dispose()
     return ids
+
+
+def _earlier_as_of(snapshots: Path) -> str:
+    """The snapshot table's second newest as_of (ISO)."""
+    dates = sorted(pd.read_parquet(snapshots, columns=["as_of"])["as_of"].unique())
+    return pd.Timestamp(dates[-2]).date().isoformat()
+
+
+def _newest_run_id(url: str, backfill: bool) -> str:
+    st = ScoreStore(url, create=False)
+    try:
+        return [r for r in st.all_runs() if bool(r["backfill"]) == backfill][-1]["run_id"]
+    finally:
+        st.close()
 
 
 @pytest.mark.slow
@@ -324,6 +339,14 @@ def test_score_sends_alerts_once_and_a_down_webhook_never_fails_it(
     assert "4 already delivered" in capsys.readouterr().out and len(receiver.requests) == 4
     assert main(argv) == 0  # nothing worsened since: no alert
     assert "alerts: 0 selected" in capsys.readouterr().out and len(receiver.requests) == 4
+    # a past month scored after the newest: history only, no alerts, and none on request
+    month = _earlier_as_of(setup.snapshots)
+    assert main([*argv, "--as-of", month]) == 0
+    out = capsys.readouterr().out
+    assert "a backfill run" in out and "alerts:" not in out and len(receiver.requests) == 4
+    backfill = _newest_run_id(setup.db_url, backfill=True)
+    assert main(["--params", str(params), "alerts", "--run", backfill]) == 2
+    assert "backfill run" in capsys.readouterr().err
 
     _worsen(setup.store_db, 2)
     monkeypatch.setenv("CSHEALTH_ALERT_WEBHOOKS", f"http://127.0.0.1:{free_port()}/down")
@@ -335,5 +358,5 @@ def test_score_sends_alerts_once_and_a_down_webhook_never_fails_it(
     assert main(argv) == 2  # webhooks without a secret: refused before scoring
     assert "but CSHEALTH_ALERT_SECRET is not" in capsys.readouterr().err
     check = ScoreStore(setup.db_url, create=False)
-    assert check.count_runs() == 4  # the set-up's run and three scored here
+    assert check.count_runs() == 5  # the set-up's run, three scored here and the backfill
     check.close()

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.calendar import scoring_date, snapshot_dates
 from features.contract import Col, T
+from features.io import load_table
 from features.labels import LABEL_FUNCTIONS, label_columns, label_frame
 from features.meta import Family
 from features.pipeline import build_snapshots
@@ -361,7 +363,9 @@ def test_censoring_on_generated(generated_dir: Path) -> None:
     snaps = build_snapshots(generated_dir, FeatureParams(key_event_types=("workflow_run",)))
     f = snaps.frame
     cutoff = snaps.cutoff
-    assert f[Col.AS_OF].max() == cutoff.normalize() + pd.Timedelta(days=1)
+    # the scoring date follows the newest activity (a renewal may start after it)
+    assert f[Col.AS_OF].max() == scoring_date(_activity_end(generated_dir))
+    assert f[Col.AS_OF].max() <= cutoff.normalize() + pd.Timedelta(days=1)
     late = f[Col.AS_OF] + pd.Timedelta(days=91) > cutoff
     assert late.any() and (~late).any()
     for col in snaps.labels.values():
@@ -370,6 +374,44 @@ def test_censoring_on_generated(generated_dir: Path) -> None:
         assert set(f.loc[~late, col].astype(int)) <= {0, 1}
     assert (f.loc[~late, "churn_90d"] == 1).any()
     assert (f.loc[~late, "expansion_90d"] == 1).any()
+
+
+def _activity_end(data: Path) -> pd.Timestamp:
+    """The newest record of the tables' activity timestamps, read directly."""
+    columns = {
+        T.USAGE_EVENTS: Col.EVENT_TIME, T.SUPPORT_TICKETS: Col.CREATED_AT,
+        T.NPS_RESPONSES: Col.RESPONDED_AT, T.OUTCOME_MEASUREMENTS: Col.MEASURED_AT,
+    }  # fmt: skip
+    ends = []
+    for table, col in columns.items():
+        lt = load_table(data, table)
+        if lt is not None:
+            ends.append(lt.frame[col].max())
+    return max(ends)
+
+
+def test_scoring_date_follows_activity_not_a_booked_renewal() -> None:
+    """A term starting after the activity data must not open empty days at scoring."""
+    start, params = pd.Timestamp("2024-01-01"), FeatureParams(min_history_days=0)
+    renewal, active = pd.Timestamp("2025-01-01"), pd.Timestamp("2024-12-31 18:00")
+    assert snapshot_dates(start, renewal, params)[-1] == pd.Timestamp("2025-01-02")
+    assert snapshot_dates(start, renewal, params, active)[-1] == pd.Timestamp("2025-01-01")
+    # activity after the cutoff (an explicit earlier cutoff) does not move it later
+    early = pd.Timestamp("2024-11-15 12:00")
+    assert snapshot_dates(start, early, params, active)[-1] == pd.Timestamp("2024-11-16")
+
+
+def test_booked_renewal_keeps_the_scoring_date_and_moves_the_cutoff(tmp_path: Path) -> None:
+    frames = hb.tables()
+    subs = frames[T.SUBSCRIPTIONS]
+    ahead = subs[subs[Col.ACCOUNT_ID] == "B"].tail(1).assign(
+        **{Col.START_DATE: hb.ts(["2024-09-01"]).to_numpy(), Col.END_DATE: pd.NaT})
+    frames[T.SUBSCRIPTIONS] = pd.concat([subs, ahead], ignore_index=True)
+    data = hb.write(frames, tmp_path / "raw")
+    params = hb.PARAMS.model_copy(update={"last_as_of": None, "cutoff": None})
+    snaps = build_snapshots(data, params)
+    assert snaps.cutoff == pd.Timestamp("2024-09-01")
+    assert snaps.frame[Col.AS_OF].max() == scoring_date(_activity_end(data))
 
 
 # --------------------------------------------------------------------------- churn and return
