@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+SPARK_STAMP := $(VENV)/.spark-stamp
 
 # No telemetry from any tool, anywhere.
 export DO_NOT_TRACK := true
@@ -10,7 +11,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test lint bench clean postgres chromium
+.PHONY: help install demo test lint bench clean postgres chromium java spark
 
 help:
 	@echo "make demo   set up .venv, generate the sample data and run the pipeline on it"
@@ -27,6 +28,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The Spark engine's packages (pyspark, sqlglot): only the tests and `--engine spark` need them.
+$(SPARK_STAMP): $(STAMP)
+	@echo ">> installing the Spark engine (pyspark, sqlglot; first run: a few minutes)"
+	@$(BIN)/python -m pip install -q -e '.[dev,spark]'
+	@touch $(SPARK_STAMP)
+
+spark: $(SPARK_STAMP)
 
 demo: $(STAMP)
 	@echo ">> 1/9 generating sample data (params.yaml: simulator)"
@@ -60,7 +69,10 @@ postgres:
 chromium:
 	@bash .ci/chromium.sh
 
-test: lint postgres chromium wheelhouse
+java:
+	@bash .ci/java.sh
+
+test: lint postgres chromium java spark wheelhouse
 	$(BIN)/python -m pytest
 
 # The portable-model test installs the logged model's declared requirements (exactly
@@ -76,9 +88,9 @@ $(WHEELHOUSE)/.stamp: pyproject.toml training/pyfunc.py $(STAMP)
 	@$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
 	@touch $@
 
-bench: $(STAMP)
+bench: $(STAMP) java spark
 	$(BIN)/python benchmarks/bench_generate.py
-	$(BIN)/python benchmarks/bench_features.py --sizes 1,10
+	$(BIN)/python benchmarks/bench_features.py --sizes 10,100 --spark 10
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_serving.py
 

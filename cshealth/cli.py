@@ -120,7 +120,19 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
     # Taken here, not in the pipeline: feature functions get explicit dates, never now().
     run_date = args.run_date or dt.datetime.now(dt.UTC).date()
     t0 = time.perf_counter()
-    snaps = build_snapshots(data_dir, cfg.features, run_date=run_date)
+    if args.engine == "spark":
+        from features.engine import SparkEngine
+
+        try:
+            engine = SparkEngine.start(args.settings.spark_master)
+        except (ImportError, RuntimeError) as err:
+            raise UserError(f"the Spark engine is not available: {err}") from None
+        try:
+            snaps = build_snapshots(data_dir, cfg.features, run_date=run_date, engine=engine)
+        finally:
+            engine.close()
+    else:
+        snaps = build_snapshots(data_dir, cfg.features, run_date=run_date)
     print(f"subscriptions.end_date convention: {snaps.end_date_evidence}")
     report = check_snapshots(
         snaps,
@@ -753,7 +765,7 @@ def cmd_weekly(args: argparse.Namespace, cfg: Config) -> int:
     """
     steps: list[tuple[str, Callable[[argparse.Namespace, Config], int], dict]] = [
         ("check", cmd_check, {"reports": None}),
-        ("features", cmd_features, {"out": args.features}),
+        ("features", cmd_features, {"out": args.features, "engine": "duckdb"}),
         ("score", cmd_score, {"as_of": None}),
         ("monitor", cmd_monitor, {"reference": None, "out": None}),
     ]
@@ -864,6 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--run-date", type=_date, help="no timestamp may be later, as in `check` (default: today)"
     )
+    f.add_argument(
+        "--engine", choices=("duckdb", "spark"), default="duckdb",
+        help="where the feature SQL runs: embedded DuckDB (default) or Apache Spark on "
+        "CSHEALTH_SPARK_MASTER (default local[2]; needs the `spark` extra and Java 17+)",
+    )  # fmt: skip
     f.set_defaults(func=cmd_features)
 
     t = sub.add_parser("train", help=cmd_train.__doc__)

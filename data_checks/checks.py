@@ -1,16 +1,28 @@
-"""Check a folder of raw tables against the contract: structure, per-table suites, foreign keys."""
+"""Check a folder of raw tables against the contract: structure, per-table suites, foreign keys.
+
+The small tables are loaded into pandas and validated with Great Expectations; the usage
+events, too large for pandas, are checked in DuckDB with the same checks
+(`data_checks.events`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from data_checks.events import (
+    EventsTable,
+    check_events,
+    check_events_foreign_key,
+    open_events,
+)
 from data_checks.report import (
     CROSS_TABLE,
     END_DATE_CONVENTION,
@@ -26,7 +38,7 @@ from data_checks.suites import (
     type_expectations,
     value_expectations,
 )
-from features.contract import TABLES, Col, T, Table, future_checked, run_bound
+from features.contract import TABLES, Col, ForeignKey, T, Table, future_checked, run_bound
 from features.io import ContractError, Issue, describe, load_table
 from features.subscriptions import EndDateSetting, resolve_end_date_convention
 
@@ -64,33 +76,30 @@ def check_folder(
     }
     failures: list[Failure] = []
     frames: dict[str, pd.DataFrame] = {}
-    structural = 0
-    if not data_dir.is_dir():
-        failures.append(Failure(str(data_dir), "data folder exists", None, 0, []))
-        structural = 1
-    else:
-        for name, table in TABLES.items():
-            entry, found, frame = _load(data_dir, table)
-            structural += 1 + (2 * len(table.columns) if frame is not None else 0)
-            entry["failures"] = found
-            results["tables"][name] = entry
+    events: EventsTable | None = None
+    rows: dict[str, int] = {}
+    structural = gx_run = 0
+    try:
+        if not data_dir.is_dir():
+            failures.append(Failure(str(data_dir), "data folder exists", None, 0, []))
+            structural = 1
+        else:
+            for name, table in TABLES.items():
+                entry, found, data = _load(data_dir, table)
+                structural += 1 + (2 * len(table.columns) if data is not None else 0)
+                entry["failures"] = found
+                results["tables"][name] = entry
+                failures += found
+                if isinstance(data, EventsTable):
+                    events, rows[name] = data, data.rows
+                elif data is not None:
+                    frames[name], rows[name] = data, len(data)
+        if rows:
+            found, gx_run = _run_checks(frames, events, bound, results)
             failures += found
-            if frame is not None:
-                frames[name] = frame
-    gx_run = 0
-    if frames:
-        gx = GxRunner()
-        for name, frame in frames.items():
-            found, entry, n = _check_table(gx, TABLES[name], frame, bound)
-            results["tables"][name]["failures"] += found
-            results["tables"][name]["validations"] = entry
-            failures += found
-            gx_run += n
-        statuses = {name: entry["status"] for name, entry in results["tables"].items()}
-        found, n = _check_foreign_keys(gx, frames, statuses, results[CROSS_TABLE])
-        results[CROSS_TABLE]["failures"] = [asdict(f) for f in found]
-        failures += found
-        gx_run += n
+    finally:
+        if events is not None:
+            events.close()
     for entry in results["tables"].values():
         entry["failures"] = [asdict(f) for f in entry["failures"]]
     found_convention = _end_date_convention(frames.get(T.SUBSCRIPTIONS), end_date_convention)
@@ -101,7 +110,7 @@ def check_folder(
     report = CheckReport(
         success=not failures,
         failures=failures,
-        tables_checked={n: len(f) for n, f in frames.items()},
+        tables_checked=rows,
         expectations_run=structural + gx_run,
         results=jsonable(results),
     )
@@ -109,6 +118,34 @@ def check_folder(
         write_reports(report, Path(reports_dir))
     log.info("%s (%.1f s)", report.summary_line(), results["seconds"])
     return report
+
+
+def _run_checks(
+    frames: dict[str, pd.DataFrame],
+    events: EventsTable | None,
+    bound: dt.datetime,
+    results: dict[str, Any],
+) -> tuple[list[Failure], int]:
+    """Each loaded table's suites (GX; the events in DuckDB), then the foreign keys."""
+    failures: list[Failure] = []
+    n_run = 0
+    gx = GxRunner() if frames else None  # importing GX takes seconds
+    for name, entry in results["tables"].items():
+        if name in frames:
+            assert gx is not None
+            found, validations, n = _check_table(gx, TABLES[name], frames[name], bound)
+        elif events is not None and name == events.table.name:
+            found, validations, n = _check_events(events, bound)
+        else:
+            continue
+        entry["failures"] += found
+        entry["validations"] = validations
+        failures += found
+        n_run += n
+    statuses = {name: entry["status"] for name, entry in results["tables"].items()}
+    found, n = _check_foreign_keys(gx, frames, events, statuses, results[CROSS_TABLE])
+    results[CROSS_TABLE]["failures"] = [asdict(f) for f in found]
+    return failures + found, n_run + n
 
 
 def _end_date_convention(
@@ -135,10 +172,14 @@ def _issue_failure(issue: Issue, rows: int = 0) -> Failure:
 
 def _load(
     data_dir: Path, table: Table
-) -> tuple[dict[str, Any], list[Failure], pd.DataFrame | None]:
-    """Locate, read and coerce one table; report what stands in the way (never raises)."""
+) -> tuple[dict[str, Any], list[Failure], pd.DataFrame | EventsTable | None]:
+    """Locate and read one table (the events: open them in DuckDB); never raises.
+
+    Returns the results entry, what stands in the way, and the coerced frame (the
+    opened events) when the table could be read.
+    """
     try:
-        lt = load_table(data_dir, table.name)
+        read = _read(data_dir, table)
     except ContractError as err:  # both NAME.csv and NAME.parquet, or an unreadable file
         found = [_issue_failure(i) for i in err.issues]
         status = "unreadable" if any(f.check == _READABLE for f in found) else "ambiguous"
@@ -146,7 +187,7 @@ def _load(
     except Exception as err:  # an unreadable file must fail the check, not the program
         msg = describe(err)
         return {"status": "unreadable"}, [Failure(table.name, _READABLE, None, 0, [msg])], None
-    if lt is None:
+    if read is None:
         if table.required:
             return (
                 {"status": "missing"},
@@ -154,8 +195,30 @@ def _load(
                 None,
             )
         return {"status": "absent (optional)"}, [], None
-    entry = {"status": "loaded", "source": str(lt.source), "rows": len(lt.frame)}
-    return entry, [_issue_failure(i, len(lt.frame)) for i in lt.issues], lt.frame
+    source, rows, issues, data = read
+    entry = {"status": "loaded", "source": str(source), "rows": rows}
+    return entry, [_issue_failure(i, rows) for i in issues], data
+
+
+def _read(
+    data_dir: Path, table: Table
+) -> tuple[Path, int, list[Issue], pd.DataFrame | EventsTable] | None:
+    """Source, rows, issues and data of one table (None when absent); may raise."""
+    if table.name == T.USAGE_EVENTS:  # too large for pandas: opened in DuckDB
+        ev = open_events(data_dir)
+        return None if ev is None else (ev.source, ev.rows, ev.issues, ev)
+    lt = load_table(data_dir, table.name)
+    return None if lt is None else (lt.source, len(lt.frame), lt.issues, lt.frame)
+
+
+def _check_events(
+    events: EventsTable, bound: dt.datetime
+) -> tuple[list[Failure], dict[str, Any], int]:
+    """The events' type and value checks in DuckDB; a read error mid-scan is a failure."""
+    try:
+        return check_events(events, bound)
+    except ContractError as err:  # DuckDB failed on the files while scanning them
+        return [_issue_failure(i) for i in err.issues], {}, 0
 
 
 def _value_view(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
@@ -202,16 +265,26 @@ def _check_table(
 
 
 def _check_foreign_keys(
-    gx: GxRunner, frames: dict[str, pd.DataFrame], statuses: dict[str, str], entry: dict[str, Any]
+    gx: GxRunner | None,
+    frames: dict[str, pd.DataFrame],
+    events: EventsTable | None,
+    statuses: dict[str, str],
+    entry: dict[str, Any],
 ) -> tuple[list[Failure], int]:
     """Validate every declared foreign key whose tables are present."""
     # A key into a table that is not loaded is skipped: a missing required (or unreadable,
     # or ambiguous) table is already a failure; an optional one may be absent.
     failures: list[Failure] = []
     n = 0
-    for name, frame in frames.items():
-        table = TABLES[name]
-        key = _key(table, frame)
+    for name, table in TABLES.items():
+        frame = frames.get(name)
+        if frame is not None:
+            columns: Collection[str] = frame.columns
+        elif events is not None and name == events.table.name:
+            columns = events.types
+        else:
+            continue
+        key = _key(table, frame) if frame is not None else []
         expectations = []
         for fk in table.foreign_keys:
             ref = frames.get(fk.ref_table)
@@ -221,12 +294,17 @@ def _check_foreign_keys(
                 "references": f"{fk.ref_table}.{fk.ref_column}",
             }
             entry["foreign_keys"].append(record)
-            if fk.column not in frame:
+            if fk.column not in columns:
                 record["status"] = "skipped: column missing (reported)"
             elif ref is None:
                 record["status"] = f"skipped: {fk.ref_table} {statuses[fk.ref_table]}"
             elif fk.ref_column not in ref:
                 record["status"] = "skipped: referenced column missing (reported)"
+            elif frame is None:  # the events, in DuckDB
+                assert events is not None
+                found, count = _events_foreign_key(events, fk, ref[fk.ref_column], record)
+                failures += found
+                n += count
             else:
                 values = _value_set(frame[fk.column], ref[fk.ref_column])
                 if len(values) <= GX_VALUE_SET_LIMIT:
@@ -242,11 +320,26 @@ def _check_foreign_keys(
                         Failure(name, fk_check(fk), fk.column, res["unexpected_count"], shown)
                     )
         if expectations:
+            assert gx is not None and frame is not None
             vr = gx.validate(f"{CROSS_TABLE}.{name}", name, frame, expectations, key)
             failures += failures_from(vr, name, frame, key)
             entry["validations"][name] = _drop_value_sets(vr.to_json_dict())
             n += len(vr.results)
     return failures, n
+
+
+def _events_foreign_key(
+    events: EventsTable, fk: ForeignKey, referenced: pd.Series, record: dict[str, Any]
+) -> tuple[list[Failure], int]:
+    """One foreign key of the events, checked in DuckDB; `record` gets status and result."""
+    try:
+        res, failure, n_ref = check_events_foreign_key(events, fk, referenced)
+    except ContractError as err:  # DuckDB failed on the files while scanning them
+        record["status"] = "could not run: events unreadable (reported)"
+        return [_issue_failure(i) for i in err.issues], 0
+    record["status"] = f"checked with duckdb: {n_ref:,} referenced values"
+    record["result"] = res
+    return ([] if failure is None else [failure]), 1
 
 
 def _key(table: Table, frame: pd.DataFrame) -> list[str]:

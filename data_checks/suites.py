@@ -19,6 +19,7 @@ from features.contract import (
     PANDAS_DTYPE,
     Column,
     ForeignKey,
+    Ordering,
     Rule,
     Table,
     future_checked,
@@ -73,7 +74,22 @@ def type_expectations(table: Table, present: Collection[str]) -> list[Expectatio
     return out
 
 
-def _range_name(col: Column) -> str:
+#: name of the not-null check
+NOT_NULL = "not null"
+
+
+def allowed_name(col: Column) -> str:
+    """The name of a column's allowed-values check."""
+    return f"allowed values ({', '.join(col.allowed or ())})"
+
+
+def ordering_name(o: Ordering) -> str:
+    """The name of an ordering check (reported on the later column)."""
+    return f"on or after {o.earlier}"
+
+
+def range_name(col: Column) -> str:
+    """The name of a column's range check ("between 1 and 5", ">= 0", "<= 10")."""
     if col.min_value is not None and col.max_value is not None:
         return f"between {col.min_value:g} and {col.max_value:g}"
     if col.min_value is not None:
@@ -93,13 +109,13 @@ def value_expectations(
             continue
         c = col.name
         if not col.nullable:
-            out.append(gxe.ExpectColumnValuesToNotBeNull(column=c, meta=_meta("not null", c)))
+            out.append(gxe.ExpectColumnValuesToNotBeNull(column=c, meta=_meta(NOT_NULL, c)))
         if col.allowed:
             out.append(
                 gxe.ExpectColumnValuesToBeInSet(
                     column=c,
                     value_set=list(col.allowed),
-                    meta=_meta(f"allowed values ({', '.join(col.allowed)})", c),
+                    meta=_meta(allowed_name(col), c),
                 )
             )
         if col.min_value is not None or col.max_value is not None:
@@ -108,7 +124,7 @@ def value_expectations(
                     column=c,
                     min_value=col.min_value,
                     max_value=col.max_value,
-                    meta=_meta(_range_name(col), c),
+                    meta=_meta(range_name(col), c),
                 )
             )
         if future_checked(col):
@@ -137,7 +153,7 @@ def value_expectations(
                     column_B=o.earlier,
                     or_equal=True,
                     ignore_row_if="either_value_is_missing",
-                    meta=_meta(f"on or after {o.earlier}", o.later),
+                    meta=_meta(ordering_name(o), o.later),
                 )
             )
     return out

@@ -4,16 +4,25 @@ Progress of a goal = (last measured value - baseline) / (target - baseline), usi
 the last measurement strictly before as_of; it works for both directions since
 target - baseline carries the sign. On track = progress >= share of the goal's
 time elapsed.
+
+Aggregated in DuckDB SQL: each snapshot (account_id, as_of) is joined with the
+account's goals set before as_of, each goal with its last measurement before as_of
+(by measured_at, then input row), and reduced there; pandas sees one row per snapshot.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import duckdb
 import pandas as pd
 
-from features.calendar import days_between, per_snapshot, records_before
 from features.contract import Col
+from features.engine import Engine
 from features.meta import Family, Feature, Good
+from features.sql import aligned, days_between_sql, numbered, registered, snapshot_rows
+
+_GOAL_COLUMNS = (Col.OUTCOME_ID, Col.ACCOUNT_ID, Col.BASELINE, Col.TARGET, Col.START_DATE,
+                 Col.DUE_DATE)  # fmt: skip
+_MEASUREMENT_COLUMNS = (Col.OUTCOME_ID, Col.MEASURED_AT, Col.VALUE)
 
 
 def outcomes_features_meta() -> list[Feature]:
@@ -42,42 +51,84 @@ def outcomes_features_meta() -> list[Feature]:
     ]  # fmt: skip
 
 
-def outcomes_features(
-    grid: pd.DataFrame, outcomes: pd.DataFrame, measurements: pd.DataFrame
-) -> pd.DataFrame:
-    """Outcome features per grid row, from goals set and measured before as_of."""
-    keys = [Col.ACCOUNT_ID, Col.AS_OF]
-    goals = records_before(grid, outcomes, Col.START_DATE).sort_values(Col.AS_OF, kind="stable")
-    meas = measurements.dropna(subset=[Col.MEASURED_AT]).sort_values(Col.MEASURED_AT)
-    goals = pd.merge_asof(
-        goals, meas, left_on=Col.AS_OF, right_on=Col.MEASURED_AT, by=Col.OUTCOME_ID,
-        allow_exact_matches=False, direction="backward",
-    )  # fmt: skip
-    span = (goals[Col.TARGET] - goals[Col.BASELINE]).replace(0, np.nan)
-    progress = (goals[Col.VALUE] - goals[Col.BASELINE]) / span
-    duration = days_between(goals[Col.DUE_DATE], goals[Col.START_DATE]).replace(0, np.nan)
-    elapsed = (days_between(goals[Col.AS_OF], goals[Col.START_DATE]) / duration).clip(0, 1)
-    active = goals[Col.DUE_DATE] >= goals[Col.AS_OF]
-    measured = progress.notna()
-    g = goals.assign(
-        active=active.astype(int),
-        on_track=(progress >= elapsed).astype(float).where(active & measured),
-        achieved=(progress >= 1).astype(float).where(measured),
-        overdue=(~active & ~(progress >= 1)).astype(int),
-        progress=progress.where(active),
-        since=days_between(goals[Col.AS_OF], goals[Col.MEASURED_AT]),
-    ).groupby(keys)
-    agg = pd.DataFrame(
-        {
-            "active_goals": g["active"].sum(),
-            "goals_on_track_share": g["on_track"].mean(),
-            "goals_achieved_share": g["achieved"].mean(),
-            "overdue_unmet_goals": g["overdue"].sum(),
-            "mean_goal_progress": g["progress"].mean(),
-            "days_since_last_measurement": g["since"].min(),
-        }
+# A measurement is a goal's latest before as_of when measured_at < as_of <= the time
+# of the goal's next measurement (ordered by measured_at, then input row): one per goal,
+# and of equal timestamps the row later in the input, as pandas' merge_asof picked.
+# Spans of zero give no progress / elapsed share (NULL), as NaN did in pandas.
+_SQL = """
+WITH snaps AS (
+  SELECT DISTINCT account_id, as_of FROM outcomes_grid
+), meas AS (
+  SELECT outcome_id, measured_at, value,
+    lead(measured_at) OVER (PARTITION BY outcome_id ORDER BY measured_at, _row) AS next_at
+  FROM outcomes_measurements
+  WHERE measured_at IS NOT NULL
+), goals AS (
+  SELECT s.account_id, s.as_of, o.outcome_id, o.baseline, o.target, o.start_date, o.due_date
+  FROM snaps s JOIN outcomes_goals o
+    ON o.account_id = s.account_id AND o.start_date < s.as_of
+), measured AS (
+  SELECT g.account_id, g.as_of, g.due_date, m.measured_at,
+    (m.value - g.baseline) / NULLIF(g.target - g.baseline, 0) AS progress,
+    {elapsed} / NULLIF({duration}, 0) AS elapsed,
+    CASE WHEN g.due_date >= g.as_of THEN 1 ELSE 0 END AS active
+  FROM goals g LEFT JOIN meas m
+    ON m.outcome_id = g.outcome_id AND m.measured_at < g.as_of
+   AND (m.next_at IS NULL OR m.next_at >= g.as_of)
+), scored AS (
+  SELECT account_id, as_of, measured_at, progress, active,
+    CASE WHEN elapsed < 0 THEN 0 WHEN elapsed > 1 THEN 1 ELSE elapsed END AS elapsed
+  FROM measured
+), agg AS (
+  SELECT account_id, as_of,
+    sum(active) AS active_goals,
+    avg(CASE WHEN active = 1 AND progress IS NOT NULL
+             THEN (CASE WHEN progress >= elapsed THEN 1 ELSE 0 END) END) AS on_track,
+    avg(CASE WHEN progress IS NOT NULL THEN (CASE WHEN progress >= 1 THEN 1 ELSE 0 END) END)
+      AS achieved,
+    sum(CASE WHEN active = 1 THEN 0 WHEN progress >= 1 THEN 0 ELSE 1 END) AS overdue,
+    avg(CASE WHEN active = 1 THEN progress END) AS mean_progress,
+    min({since}) AS days_since
+  FROM scored
+  GROUP BY account_id, as_of
+)
+SELECT g._row,
+  CAST(coalesce(a.active_goals, 0) AS DOUBLE) AS active_goals,
+  CAST(a.on_track AS DOUBLE) AS goals_on_track_share,
+  CAST(a.achieved AS DOUBLE) AS goals_achieved_share,
+  CAST(coalesce(a.overdue, 0) AS DOUBLE) AS overdue_unmet_goals,
+  CAST(a.mean_progress AS DOUBLE) AS mean_goal_progress,
+  CAST(a.days_since AS DOUBLE) AS days_since_last_measurement
+FROM outcomes_grid g
+LEFT JOIN agg a ON a.account_id = g.account_id AND a.as_of = g.as_of
+ORDER BY g._row
+"""
+
+
+def outcomes_sql() -> str:
+    """The outcomes query over views `outcomes_grid`, `outcomes_goals`, `outcomes_measurements`."""
+    return _SQL.format(
+        elapsed=days_between_sql("g.as_of", "g.start_date"),
+        duration=days_between_sql("g.due_date", "g.start_date"),
+        since=days_between_sql("as_of", "measured_at"),
     )
-    out = per_snapshot(grid, agg).set_index(grid.index)
-    out["active_goals"] = out["active_goals"].fillna(0)
-    out["overdue_unmet_goals"] = out["overdue_unmet_goals"].fillna(0)
+
+
+def outcomes_features(
+    grid: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    measurements: pd.DataFrame,
+    con: Engine | duckdb.DuckDBPyConnection | None = None,
+) -> pd.DataFrame:
+    """Outcome features per grid row, from goals set and measured before as_of.
+
+    Runs in DuckDB on `con` (a private connection when None).
+    """
+    frames = {
+        "outcomes_grid": snapshot_rows(grid),
+        "outcomes_goals": numbered(outcomes, _GOAL_COLUMNS),
+        "outcomes_measurements": numbered(measurements, _MEASUREMENT_COLUMNS),
+    }
+    with registered(con, frames) as c:
+        out = aligned(c.frame(outcomes_sql()), grid)
     return out[[f.name for f in outcomes_features_meta()]].astype("float64")

@@ -20,6 +20,7 @@ import pandas as pd
 from features.calendar import observed_range, population, snapshot_dates
 from features.commercial import SEATS, commercial_features, commercial_features_meta
 from features.contract import TABLES, Col, T, run_bound
+from features.engine import DuckDBEngine, Engine, duckdb_connection
 from features.io import ContractError, Issue, find_source, load_table
 from features.labels import MRR_COLUMN, label_columns, label_frame
 from features.meta import Feature, by_name
@@ -125,18 +126,34 @@ def _timed(label: str, t0: float) -> float:
 
 
 def build_snapshots(
-    data_dir: Path, params: FeatureParams, run_date: dt.date | dt.datetime | None = None
+    data_dir: Path,
+    params: FeatureParams,
+    run_date: dt.date | dt.datetime | None = None,
+    engine: Engine | None = None,
 ) -> SnapshotTable:
     """One row per (account_id, as_of) for accounts active at as_of, features and labels.
 
     Raises ContractError when the data break the contract; with `run_date`, any
-    timestamp after it (other than a `future_ok` one) is such a break.
+    timestamp after it (other than a `future_ok` one) is such a break. The feature SQL
+    runs on `engine` (default: DuckDB); the events are validated by DuckDB either way,
+    within `params.duckdb_memory_limit` (it spills to a temp folder beyond).
     """
+    with duckdb_connection(params.duckdb_memory_limit) as con:
+        return _build(data_dir, params, run_date, engine, con)
+
+
+def _build(
+    data_dir: Path,
+    params: FeatureParams,
+    run_date: dt.date | dt.datetime | None,
+    engine: Engine | None,
+    con: duckdb.DuckDBPyConnection,
+) -> SnapshotTable:
+    """`build_snapshots` on an open DuckDB connection."""
     t = time.perf_counter()
     data_dir = Path(data_dir)
     bound = run_bound(run_date) if run_date is not None else None
     frames, events_src, issues = _load(data_dir, bound)
-    con = duckdb.connect()
     issues += _open_events(con, events_src, bound)
     if issues:
         raise ContractError(issues)
@@ -162,21 +179,28 @@ def build_snapshots(
     parts = [grid, commercial_features(grid, subs, frames[T.ACCOUNTS])]
     seats = parts[1][SEATS]
     t = _timed("commercial", t)
+    sql = engine if engine is not None else DuckDBEngine(con)
     with reading_events(events_src):  # a part may turn out corrupt only now, when scanned
         parts.append(
-            usage_features(events_src, grid, params.windows, params.key_event_types, con=con)
+            usage_features(events_src, grid, params.windows, params.key_event_types, con=sql)
         )
-    t = _timed("usage (DuckDB)", t)
+    t = _timed(f"usage ({sql.name})", t)
     if T.SUPPORT_TICKETS in frames:
-        parts.append(support_features(grid, frames[T.SUPPORT_TICKETS], seats, params.windows))
+        parts.append(
+            support_features(grid, frames[T.SUPPORT_TICKETS], seats, params.windows, con=sql)
+        )
         t = _timed("support", t)
     if T.NPS_RESPONSES in frames:
         parts.append(
-            sentiment_features(grid, frames[T.NPS_RESPONSES], seats, params.sentiment_window_days)
+            sentiment_features(
+                grid, frames[T.NPS_RESPONSES], seats, params.sentiment_window_days, con=sql
+            )
         )
         t = _timed("sentiment", t)
     if {T.OUTCOMES, T.OUTCOME_MEASUREMENTS} <= frames.keys():
-        parts.append(outcomes_features(grid, frames[T.OUTCOMES], frames[T.OUTCOME_MEASUREMENTS]))
+        parts.append(
+            outcomes_features(grid, frames[T.OUTCOMES], frames[T.OUTCOME_MEASUREMENTS], con=sql)
+        )
         t = _timed("outcomes", t)
     parts.append(descriptors(grid, frames[T.ACCOUNTS]))
     parts.append(label_frame(grid, subs, cutoff, params))

@@ -51,3 +51,5 @@ class FeatureParams(BaseModel):
     #: subscriptions.end_date is the last day of service (inclusive) or the first day
     #: without it (exclusive); auto detects it from the data (features.subscriptions)
     end_date_convention: Literal["auto", "inclusive", "exclusive"] = "auto"
+    #: DuckDB's memory budget for the feature SQL; beyond it DuckDB spills to a temp folder
+    duckdb_memory_limit: str = Field("3GB", pattern=r"^\d+(\.\d+)?\s*(MB|GB|MiB|GiB)$")

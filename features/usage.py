@@ -1,13 +1,22 @@
-"""Usage family: aggregated with DuckDB straight from the events source.
+"""Usage family: aggregated in SQL (DuckDB here) straight from the events source.
 
 All usage SQL lives in this module. Events are never loaded whole into pandas:
-DuckDB scans the Parquet/CSV source, reduces it to one row per account, user and
-day, then to one row per account, user and *calendar bucket* (the days between
-two consecutive `as_of` dates). Because bucket edges are `as_of` dates, a
-snapshot only ever sees buckets that end at or before it — records on or after
+the SQL scans the Parquet/CSV source (view `events`), reduces it to one row per
+account, user and day, then to one row per account, user and *calendar bucket*
+(the days between two consecutive `as_of` dates: a day belongs to the bucket
+that ends at the first as_of after it). Because bucket edges are `as_of` dates,
+a snapshot only ever sees buckets that end at or before it — records on or after
 `as_of` cannot leak in — and distinct-user counts over any window are exact
 (a user is active in [as_of - w, as_of) iff its last day in some bucket ending
-at or before as_of is >= as_of - w).
+at or before as_of is >= as_of - w). The same holds per event type, and the last
+active day before as_of is the newest day of the buckets ending at or before it
+(a day is before as_of iff its bucket ends at or before as_of).
+
+The SQL is a list of (name, SELECT) steps (`usage_steps`) over view `events` and
+three small pandas frames (`usage_frames`: the grid, the day -> bucket map and the
+key event types). DuckDB runs each step into a temp table; the SELECTs are kept
+portable, so that `sqlglot.transpile(sql, read="duckdb", write="spark")` gives
+valid Spark SQL for each and Spark can run the same steps as temp views.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from features.contract import (
     future_checked,
     future_rule,
 )
+from features.engine import DuckDBEngine, Engine, as_engine, spark_events_view
 from features.io import (
     MAX_EXAMPLES,
     ContractError,
@@ -117,6 +127,11 @@ def usage_features_meta(w: Windows, key_event_types: tuple[str, ...] = ()) -> li
     return feats
 
 
+def sql_type(kind: Kind) -> str:
+    """The DuckDB type view `events` gives a column of this kind."""
+    return _SQL_TYPE[kind]
+
+
 def _literal(path: Path) -> str:
     """`path` with DuckDB's glob characters bracketed, so that it names just that file."""
     return re.sub(r"([\[*?])", r"[\1]", str(path))
@@ -137,19 +152,17 @@ def _register_source(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame
     return "events_src"
 
 
-def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame) -> None:
-    """Register view `events` over the source, typed per the contract."""
+def _typed_select(
+    con: duckdb.DuckDBPyConnection, src: str
+) -> tuple[list[str], list[tuple[Column, str]], list[str]]:
+    """The contract-typed select list over `src`, the casts that convert, the missing columns.
+
+    A missing column without a default is left out of the select list.
+    """
     table = TABLES[T.USAGE_EVENTS]
-    # Timestamps are naive UTC (as `features.io` reads them): text with an offset
-    # ("...+02:00", "...Z") is converted, not truncated, and TIMESTAMPTZ sources are
-    # read in UTC whatever the machine's time zone.
-    con.execute("SET TimeZone = 'UTC'")
-    src = _register_source(con, source)
     rel = con.sql(f"SELECT * FROM {src} LIMIT 0")
     types = {name: str(t) for name, t in zip(rel.columns, rel.types, strict=True)}
     missing = [c.name for c in table.columns if c.name not in types and c.default is None]
-    if missing:
-        raise ContractError([Issue(T.USAGE_EVENTS, m, "missing column") for m in missing])
     select, converted = [], []
     for c in table.columns:
         if c.name in types:
@@ -158,11 +171,59 @@ def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame)
                 expr = f'CAST(TRY_CAST("{c.name}" AS TIMESTAMPTZ) AS TIMESTAMP)'
             if types[c.name] != _SQL_TYPE[c.kind]:
                 converted.append((c, expr))
+        elif c.name in missing:
+            continue
         else:
             expr = f"CAST({c.default!r} AS {_SQL_TYPE[c.kind]})"
         select.append(f'{expr} AS "{c.name}"')
+    return select, converted, missing
+
+
+def events_relation(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame) -> None:
+    """Register view `events` over the source, typed per the contract."""
+    # Timestamps are naive UTC (as `features.io` reads them): text with an offset
+    # ("...+02:00", "...Z") is converted, not truncated, and TIMESTAMPTZ sources are
+    # read in UTC whatever the machine's time zone.
+    con.execute("SET TimeZone = 'UTC'")
+    src = _register_source(con, source)
+    select, converted, missing = _typed_select(con, src)
+    if missing:
+        raise ContractError([Issue(T.USAGE_EVENTS, m, "missing column") for m in missing])
     _check_conversions(con, src, converted)
     con.execute(f"CREATE OR REPLACE TEMP VIEW events AS SELECT {', '.join(select)} FROM {src}")
+
+
+#: the column view `events` holds when the source has none of the contract's columns
+NO_CONTRACT_COLUMN = "_no_contract_column"
+
+
+def events_relation_reported(
+    con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame
+) -> list[Issue]:
+    """Register view `events` as `events_relation` does, but report what it would raise.
+
+    For `cshealth check`: a missing column is left out of the view (or, when none is
+    present, the view holds just NO_CONTRACT_COLUMN) and a value its cast cannot
+    convert is null in it. Returns those issues: missing columns, then values not
+    coercible to the contract's type (rows and examples). The source's own rows stay
+    in view `events_src`.
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    src = _register_source(con, source)
+    select, converted, missing = _typed_select(con, src)
+    issues = [Issue(T.USAGE_EVENTS, m, "missing column") for m in missing]
+    issues += _conversion_issues(con, src, converted)
+    columns = ", ".join(select) or f"NULL AS {NO_CONTRACT_COLUMN}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events AS SELECT {columns} FROM {src}")
+    return issues
+
+
+def event_rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, str, list]]:
+    """(rule, SQL condition of a violation, parameters) per value rule of `events_issues`.
+
+    Shared with `cshealth check`, which adds the not-null, allowed-value and range rules.
+    """
+    return _rule_conditions(c, bound)
 
 
 @contextlib.contextmanager
@@ -210,8 +271,8 @@ def events_issues(con: duckdb.DuckDBPyConnection, bound: dt.datetime | None) -> 
     return issues
 
 
-def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> None:
-    """Values a cast turns into null are contract violations: report, never drop them."""
+def _conversion_issues(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> list[Issue]:
+    """Values a cast turns into null, per converted column (rows and examples)."""
     # Only columns whose source type differs from the contract's need this extra scan.
     issues = []
     for c, expr in converted:
@@ -223,6 +284,12 @@ def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list
             issues.append(
                 Issue(T.USAGE_EVENTS, c.name, f"not coercible to {c.kind.value}", n, examples)
             )
+    return issues
+
+
+def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> None:
+    """Values a cast turns into null are contract violations: report, never drop them."""
+    issues = _conversion_issues(con, src, converted)
     if issues:
         raise ContractError(issues)
 
@@ -234,81 +301,128 @@ def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.T
     return None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi))
 
 
-def _bucket_map(con: duckdb.DuckDBPyConnection, dates: pd.DatetimeIndex) -> None:
-    """Table `bucket_of(day, bucket_end)`: the first as_of after each event day."""
-    lo, hi = con.sql(
-        f"SELECT min({Col.EVENT_TIME})::DATE, max({Col.EVENT_TIME})::DATE FROM events"
-    ).fetchall()[0]
-    days = pd.date_range(lo, hi, freq="D")
-    ends = np.asarray(dates.values, dtype="datetime64[us]")
+#: the pandas frames the usage SQL reads besides view `events` (see `usage_frames`)
+GRID_SRC, BUCKET_SRC, KEY_TYPES = "grid_src", "bucket_src", "key_types"
+#: the last step of `usage_steps`: RAW_COUNTS and days_since per row of the grid
+USAGE_RAW = "usage_raw"
+#: the counts USAGE_RAW holds besides account_id, as_of and days_since (NULL: no activity yet)
+RAW_COUNTS = ("au_short", "au_medium", "au_long", "key_medium", "types_medium",
+              "ev_medium", "ev_prev", "ud_medium", "ud_prev", "days_medium")  # fmt: skip
+
+
+def usage_frames(
+    grid: pd.DataFrame,
+    key_event_types: tuple[str, ...],
+    event_range: tuple[pd.Timestamp, pd.Timestamp],
+) -> dict[str, pd.DataFrame]:
+    """The small frames the usage steps read, by name: the grid, the bucket map, the key types.
+
+    BUCKET_SRC maps each day from the first to the last event day (`event_range`, as
+    `event_time_range` gives it) to its bucket's end, the first as_of of the grid after
+    it; days on or after the last as_of have no bucket and are left out.
+    """
+    g = grid[[Col.ACCOUNT_ID, Col.AS_OF]]
+    ends = np.asarray(sorted(g[Col.AS_OF].unique()), dtype="datetime64[us]")
+    days = pd.date_range(event_range[0].normalize(), event_range[1].normalize(), freq="D")
     pos = np.searchsorted(ends, days.values.astype("datetime64[us]"), side="right")
     keep = pos < ends.size
-    con.register(
-        "bucket_src",
-        pd.DataFrame({"day": days[keep], "bucket_end": ends[pos[keep]]}),
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE bucket_of AS "
-        "SELECT day::DATE AS day, bucket_end::DATE AS bucket_end FROM bucket_src"
-    )
+    return {
+        GRID_SRC: g,
+        BUCKET_SRC: pd.DataFrame({"day": days[keep], "bucket_end": ends[pos[keep]]}),
+        KEY_TYPES: pd.DataFrame({"t": pd.Series(list(key_event_types), dtype="str")}),
+    }
 
 
-_REDUCE_SQL = """
-CREATE OR REPLACE TEMP TABLE user_day AS
-SELECT account_id, user_id, CAST(event_time AS DATE) AS day,
-       count(*) AS n, bool_or(event_type IN (SELECT t FROM key_types)) AS key_used
-FROM events WHERE event_time < (SELECT max(as_of) FROM grid)
-GROUP BY ALL;
-
-CREATE OR REPLACE TEMP TABLE account_day AS
-SELECT account_id, day, sum(n) AS n, count(*) AS users FROM user_day GROUP BY ALL;
-
-CREATE OR REPLACE TEMP TABLE user_bucket AS
+# Portable SQL: every step is one SELECT that sqlglot transpiles from DuckDB to Spark
+# (`sqlglot.transpile(sql, read="duckdb", write="spark")`): no ASOF join, GROUP BY ALL,
+# `::` cast or USING join; FILTER clauses, bool_or and an uncorrelated IN subquery are
+# valid Spark SQL as they are. Dates move by whole days as DATE - INTEGER (a DATE in
+# both engines, where DATE - INTERVAL is a TIMESTAMP in DuckDB); days between two dates
+# are date_diff('day', start, end) (Spark: DATEDIFF(DAY, start, end)). Spark must run
+# in UTC, as here, for CAST(event_time AS DATE) to give the same days.
+_STEPS: tuple[tuple[str, str], ...] = (
+    ("grid", f"SELECT account_id, CAST(as_of AS DATE) AS as_of FROM {GRID_SRC}"),
+    (
+        "bucket_of",
+        "SELECT CAST(day AS DATE) AS day, CAST(bucket_end AS DATE) AS bucket_end "
+        f"FROM {BUCKET_SRC}",
+    ),
+    (
+        "user_day",
+        f"""
+SELECT account_id, user_id, CAST(event_time AS DATE) AS day, count(*) AS n,
+       bool_or(event_type IN (SELECT t FROM {KEY_TYPES})) AS key_used
+FROM events WHERE event_time < (SELECT CAST(max(as_of) AS TIMESTAMP) FROM grid)
+GROUP BY account_id, user_id, CAST(event_time AS DATE)""",
+    ),
+    (
+        "account_day",
+        """
+SELECT account_id, day, sum(n) AS n, count(*) AS users
+FROM user_day GROUP BY account_id, day""",
+    ),
+    (
+        "user_bucket",
+        """
 SELECT u.account_id, u.user_id, b.bucket_end, max(u.day) AS last_day,
        max(u.day) FILTER (WHERE u.key_used) AS last_key_day
-FROM user_day u JOIN bucket_of b USING (day) GROUP BY ALL;
-
-CREATE OR REPLACE TEMP TABLE type_bucket AS
+FROM user_day u JOIN bucket_of b ON b.day = u.day
+GROUP BY u.account_id, u.user_id, b.bucket_end""",
+    ),
+    (
+        "type_bucket",
+        """
 SELECT e.account_id, e.event_type, b.bucket_end, max(CAST(e.event_time AS DATE)) AS last_day
-FROM events e JOIN bucket_of b ON b.day = CAST(e.event_time AS DATE) GROUP BY ALL;
-"""
-
-_FEATURE_SQL = """
+FROM events e JOIN bucket_of b ON b.day = CAST(e.event_time AS DATE)
+GROUP BY e.account_id, e.event_type, b.bucket_end""",
+    ),
+    (
+        "account_bucket",
+        """
+SELECT d.account_id, b.bucket_end, max(d.day) AS last_day
+FROM account_day d JOIN bucket_of b ON b.day = d.day
+GROUP BY d.account_id, b.bucket_end""",
+    ),
+    (
+        USAGE_RAW,
+        """
 WITH users AS (
   SELECT g.account_id, g.as_of, ub.user_id, max(ub.last_day) AS last_day,
          max(ub.last_key_day) AS last_key_day
   FROM grid g JOIN user_bucket ub
     ON ub.account_id = g.account_id AND ub.bucket_end <= g.as_of
-   AND ub.bucket_end > g.as_of - INTERVAL {long} DAY
-  GROUP BY ALL
+   AND ub.bucket_end > g.as_of - {long}
+  GROUP BY g.account_id, g.as_of, ub.user_id
 ), user_counts AS (
   SELECT account_id, as_of,
-    count(*) FILTER (WHERE last_day >= as_of - INTERVAL {short} DAY) AS au_short,
-    count(*) FILTER (WHERE last_day >= as_of - INTERVAL {medium} DAY) AS au_medium,
-    count(*) FILTER (WHERE last_day >= as_of - INTERVAL {long} DAY) AS au_long,
-    count(*) FILTER (WHERE last_key_day >= as_of - INTERVAL {medium} DAY) AS key_medium
-  FROM users GROUP BY ALL
+    count(*) FILTER (WHERE last_day >= as_of - {short}) AS au_short,
+    count(*) FILTER (WHERE last_day >= as_of - {medium}) AS au_medium,
+    count(*) FILTER (WHERE last_day >= as_of - {long}) AS au_long,
+    count(*) FILTER (WHERE last_key_day >= as_of - {medium}) AS key_medium
+  FROM users GROUP BY account_id, as_of
 ), types AS (
   SELECT g.account_id, g.as_of, count(DISTINCT tb.event_type) AS types_medium
   FROM grid g JOIN type_bucket tb
     ON tb.account_id = g.account_id AND tb.bucket_end <= g.as_of
-   AND tb.bucket_end > g.as_of - INTERVAL {medium} DAY
-  WHERE tb.last_day >= g.as_of - INTERVAL {medium} DAY
-  GROUP BY ALL
+   AND tb.bucket_end > g.as_of - {medium}
+  WHERE tb.last_day >= g.as_of - {medium}
+  GROUP BY g.account_id, g.as_of
 ), days AS (
   SELECT g.account_id, g.as_of,
-    coalesce(sum(d.n) FILTER (WHERE d.day >= g.as_of - INTERVAL {medium} DAY), 0) AS ev_medium,
-    coalesce(sum(d.n) FILTER (WHERE d.day < g.as_of - INTERVAL {medium} DAY), 0) AS ev_prev,
-    coalesce(sum(d.users) FILTER (WHERE d.day >= g.as_of - INTERVAL {medium} DAY), 0) AS ud_medium,
-    coalesce(sum(d.users) FILTER (WHERE d.day < g.as_of - INTERVAL {medium} DAY), 0) AS ud_prev,
-    count(*) FILTER (WHERE d.day >= g.as_of - INTERVAL {medium} DAY) AS days_medium
+    coalesce(sum(d.n) FILTER (WHERE d.day >= g.as_of - {medium}), 0) AS ev_medium,
+    coalesce(sum(d.n) FILTER (WHERE d.day < g.as_of - {medium}), 0) AS ev_prev,
+    coalesce(sum(d.users) FILTER (WHERE d.day >= g.as_of - {medium}), 0) AS ud_medium,
+    coalesce(sum(d.users) FILTER (WHERE d.day < g.as_of - {medium}), 0) AS ud_prev,
+    count(*) FILTER (WHERE d.day >= g.as_of - {medium}) AS days_medium
   FROM grid g JOIN account_day d
     ON d.account_id = g.account_id AND d.day < g.as_of
-   AND d.day >= g.as_of - INTERVAL {medium2} DAY
-  GROUP BY ALL
+   AND d.day >= g.as_of - {medium2}
+  GROUP BY g.account_id, g.as_of
 ), last_seen AS (
-  SELECT g.account_id, g.as_of, d.day AS last_day
-  FROM grid g ASOF JOIN account_day d ON d.account_id = g.account_id AND d.day < g.as_of
+  SELECT g.account_id, g.as_of, max(ab.last_day) AS last_day
+  FROM grid g JOIN account_bucket ab
+    ON ab.account_id = g.account_id AND ab.bucket_end <= g.as_of
+  GROUP BY g.account_id, g.as_of
 )
 SELECT g.account_id, g.as_of,
   coalesce(uc.au_short, 0) AS au_short, coalesce(uc.au_medium, 0) AS au_medium,
@@ -317,13 +431,25 @@ SELECT g.account_id, g.as_of,
   coalesce(d.ev_medium, 0) AS ev_medium, coalesce(d.ev_prev, 0) AS ev_prev,
   coalesce(d.ud_medium, 0) AS ud_medium, coalesce(d.ud_prev, 0) AS ud_prev,
   coalesce(d.days_medium, 0) AS days_medium,
-  date_diff('day', ls.last_day, g.as_of::DATE) AS days_since
+  date_diff('day', ls.last_day, g.as_of) AS days_since
 FROM grid g
-LEFT JOIN user_counts uc USING (account_id, as_of)
-LEFT JOIN types t USING (account_id, as_of)
-LEFT JOIN days d USING (account_id, as_of)
-LEFT JOIN last_seen ls USING (account_id, as_of)
-"""
+LEFT JOIN user_counts uc ON uc.account_id = g.account_id AND uc.as_of = g.as_of
+LEFT JOIN types t ON t.account_id = g.account_id AND t.as_of = g.as_of
+LEFT JOIN days d ON d.account_id = g.account_id AND d.as_of = g.as_of
+LEFT JOIN last_seen ls ON ls.account_id = g.account_id AND ls.as_of = g.as_of""",
+    ),
+)
+
+
+def usage_steps(w: Windows) -> list[tuple[str, str]]:
+    """The usage SQL as (table name, SELECT) steps, in order, for windows `w`.
+
+    Each SELECT reads view `events`, the frames of `usage_frames` and earlier steps;
+    the last one is USAGE_RAW. DuckDB materialises each as a temp table
+    (`_materialise`); Spark can run the same SELECTs, transpiled, as cached temp views.
+    """
+    sizes = {**w.model_dump(), "medium2": 2 * w.medium}
+    return [(name, sql.format(**sizes)) for name, sql in _STEPS]
 
 
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
@@ -335,34 +461,36 @@ def usage_features(
     grid: pd.DataFrame,
     windows: Windows,
     key_event_types: tuple[str, ...] = (),
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: Engine | duckdb.DuckDBPyConnection | None = None,
 ) -> pd.DataFrame:
     """Usage features for each (account_id, as_of) of `grid`, aligned with its rows.
 
-    `source` is the usage_events Parquet file / folder / CSV, or a DataFrame.
-    Only events strictly before each row's `as_of` count.
+    `source` is the usage_events Parquet file / folder / CSV, or a DataFrame. Only
+    events strictly before each row's `as_of` count. Runs on `con`: a DuckDB
+    connection or an engine (`features.engine`; None: a private DuckDB connection).
     """
-    con = con or duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    events_relation(con, source)
-    g = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
-    con.register("grid_src", g)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE grid AS "
-        "SELECT account_id, CAST(as_of AS DATE) AS as_of FROM grid_src"
-    )
-    con.register("key_types", pd.DataFrame({"t": pd.Series(list(key_event_types), dtype="str")}))
-    dates = pd.DatetimeIndex(sorted(g[Col.AS_OF].unique()))
-    if event_time_range(con) is None:
-        raw = g.assign(**{k: 0 for k in ("au_short", "au_medium", "au_long", "key_medium",
-                                         "types_medium", "ev_medium", "ev_prev", "ud_medium",
-                                         "ud_prev", "days_medium")}, days_since=np.nan)  # fmt: skip
+    engine = as_engine(con)
+    if isinstance(engine, DuckDBEngine):
+        engine.con.execute("SET TimeZone = 'UTC'")
+        events_relation(engine.con, source)
+        event_range = event_time_range(engine.con)
     else:
-        _bucket_map(con, dates)
-        con.execute(_REDUCE_SQL)
-        log.info("usage: events reduced; aggregating %d snapshots", len(g))
-        sql = _FEATURE_SQL.format(**windows.model_dump(), medium2=2 * windows.medium)
-        raw = con.sql(sql).df()
+        spark_events_view(engine, source)  # type: ignore[arg-type]
+        lo, hi = engine.rows(f"SELECT min({Col.EVENT_TIME}), max({Col.EVENT_TIME}) FROM events")[0]
+        event_range = None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi))
+    g = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
+    if event_range is None:
+        raw = g.assign(**dict.fromkeys(RAW_COUNTS, 0), days_since=np.nan)
+    else:
+        for name, frame in usage_frames(g, key_event_types, event_range).items():
+            engine.register(name, frame)
+        steps = usage_steps(windows)
+        for i, (name, select) in enumerate(steps):
+            if i == len(steps) - 1:
+                log.info("usage: events reduced; aggregating %d snapshots", len(g))
+            engine.view(name, select)
+            log.debug("usage: step %s done", name)
+        raw = engine.frame(f"SELECT * FROM {USAGE_RAW}")
         raw[Col.AS_OF] = raw[Col.AS_OF].astype("datetime64[us]")
     raw = g.merge(raw, on=[Col.ACCOUNT_ID, Col.AS_OF], how="left", validate="1:1")
     out = _finish(raw, windows).set_index(grid.index)

@@ -13,7 +13,7 @@ import pytest
 
 from data_checks import CheckReport, Failure, check_folder
 from data_checks.runner import GxRunner, failures_from
-from data_checks.suites import type_expectations
+from data_checks.suites import fk_check, type_expectations, value_expectations
 from features.contract import TABLES, Col, T
 from features.io import find_source, load_table
 
@@ -353,3 +353,251 @@ def test_end_date_convention_absent_without_subscriptions(work_dir: Path) -> Non
     report = run(work_dir)
     assert not report.success
     assert "end_date_convention" not in report.results and report.end_date_line() is None
+
+
+# -- usage events: checked in DuckDB, never loaded into pandas -------------------------------
+
+#: Every check `cshealth check` makes on usage_events: (check, column), per part of the report.
+EVENT_CHECKS = {
+    "types": [
+        ("type str", Col.ACCOUNT_ID),
+        ("type str", Col.USER_ID),
+        ("type datetime64[us]", Col.EVENT_TIME),
+        ("type str", Col.EVENT_TYPE),
+        ("type float64", Col.QUANTITY),
+    ],
+    "values": [
+        ("not null", Col.ACCOUNT_ID),
+        ("at most 128 characters", Col.ACCOUNT_ID),
+        ("no control characters", Col.ACCOUNT_ID),
+        ("not null", Col.USER_ID),
+        ("at most 128 characters", Col.USER_ID),
+        ("no control characters", Col.USER_ID),
+        ("not null", Col.EVENT_TIME),
+        ("not after run date 2024-07-01 23:59:59", Col.EVENT_TIME),
+        ("not null", Col.EVENT_TYPE),
+        ("not null", Col.QUANTITY),
+        (">= 0", Col.QUANTITY),
+        ("finite", Col.QUANTITY),
+        ("not empty", None),
+    ],
+    "cross_table": [("foreign key -> accounts.account_id", Col.ACCOUNT_ID)],
+}
+#: ... and before those, on reading: required table present, single source, readable
+#: files, each required column present, each value coercible to its column's type.
+
+
+def _checks_in(validation: dict) -> list[tuple[str, str | None]]:
+    return [
+        (r["expectation_config"]["meta"]["check"], r["expectation_config"]["meta"]["column"])
+        for r in validation["results"]
+    ]
+
+
+def test_event_checks_listed_and_as_the_suites_derive_them(handmade_dir: Path) -> None:
+    """The DuckDB checks are the GX suites' checks for the events, one for one."""
+    report = run(handmade_dir)
+    assert report.success, report.failure_table()
+    entry = report.results["tables"][T.USAGE_EVENTS]
+    found = {part: _checks_in(entry["validations"][part]) for part in ("types", "values")}
+    (fk,) = [
+        r for r in report.results["cross_table"]["foreign_keys"] if r["table"] == T.USAGE_EVENTS
+    ]
+    assert fk["status"] == "checked with duckdb: 3 referenced values"
+    assert fk["result"]["unexpected_count"] == 0
+    assert found == {k: v for k, v in EVENT_CHECKS.items() if k != "cross_table"}
+    table = TABLES[T.USAGE_EVENTS]
+    bound = dt.datetime.combine(RUN_DATE, dt.time.max)
+    suites = type_expectations(table, table.column_names) + value_expectations(
+        table, table.column_names, bound
+    )
+    assert [(e.meta["check"], e.meta["column"]) for e in suites] == [
+        *EVENT_CHECKS["types"],
+        *EVENT_CHECKS["values"],
+    ]
+    assert [fk_check(f) for f in table.foreign_keys] == [c for c, _ in EVENT_CHECKS["cross_table"]]
+    assert entry["rows"] == report.tables_checked[T.USAGE_EVENTS] == 6
+
+
+def bad_events() -> pd.DataFrame:
+    """Events over the handmade accounts, with one fault per row from row 1 on."""
+    t = pd.Timestamp
+    rows = [
+        ("101", "u1", t("2024-05-01 10:00"), "login", 1.0),
+        (None, "u1", t("2024-05-02 11:00"), "report", 1.0),  # no account
+        ("102", "u7", t("2024-05-03 12:00"), "login", -1.0),  # negative quantity
+        ("103", "u9", AFTER_RUN, "export", 2.0),  # after the run date
+        ("NO-SUCH-ACCOUNT", "u9", t("2024-06-01 09:00"), "export", 1.0),  # unknown account
+        ("103", "u\x07", t("2024-06-01 09:00"), "export", 1.0),  # control character
+        ("103", "u" * 200, t("2024-06-01 09:00"), "export", 1.0),  # over-long id
+        ("101", "u1", t("2024-06-02 08:00"), "login", 1.0),
+    ]
+    columns = [Col.ACCOUNT_ID, Col.USER_ID, Col.EVENT_TIME, Col.EVENT_TYPE, Col.QUANTITY]
+    return pd.DataFrame(rows, columns=columns).astype({Col.EVENT_TIME: "datetime64[us]"})
+
+
+BAD_EVENT_FAILURES = [
+    ("not null", Col.ACCOUNT_ID, 1, ["row 1: account_id=null"]),
+    ("at most 128 characters", Col.USER_ID, 1, [f"row 6: user_id={'u' * 200}"]),
+    ("no control characters", Col.USER_ID, 1, ["row 5: user_id=u\x07"]),
+    ("not after run date 2024-07-01 23:59:59", Col.EVENT_TIME, 1, [
+        "row 3: event_time=2024-07-02 10:00:00"
+    ]),
+    (">= 0", Col.QUANTITY, 1, ["row 2: quantity=-1.0"]),
+    ("foreign key -> accounts.account_id", Col.ACCOUNT_ID, 1, [
+        "row 4: account_id=NO-SUCH-ACCOUNT"
+    ]),
+]  # fmt: skip
+
+
+def write_events(data_dir: Path, df: pd.DataFrame, layout: str) -> None:
+    """Replace usage_events by `df`: one Parquet file, a folder of parts, or a CSV."""
+    delete_table(T.USAGE_EVENTS)(data_dir)
+    if layout == "parquet":
+        df.to_parquet(data_dir / "usage_events.parquet", index=False)
+    elif layout == "csv":
+        df.to_csv(data_dir / "usage_events.csv", index=False)
+    else:  # rows 0-2, 3-5, 6-7 in part=0, part=1, part=2
+        for i, start in enumerate(range(0, len(df), 3)):
+            part = data_dir / T.USAGE_EVENTS / f"part={i}"
+            part.mkdir(parents=True)
+            df.iloc[start : start + 3].to_parquet(part / "x.parquet", index=False)
+
+
+@pytest.fixture
+def no_pandas_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any attempt to read usage_events into pandas."""
+    import features.io
+
+    def guard(reader: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+        def read(path: object, *args: object, **kwargs: object) -> pd.DataFrame:
+            if T.USAGE_EVENTS in str(path):
+                raise AssertionError(f"usage_events read into pandas: {path}")
+            return reader(path, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(features.io, "read_source", guard(features.io.read_source))
+    monkeypatch.setattr(pd, "read_parquet", guard(pd.read_parquet))
+    monkeypatch.setattr(pd, "read_csv", guard(pd.read_csv))
+
+
+@pytest.mark.parametrize("layout", ["parquet", "parts", "csv"])
+def test_bad_events_fail_with_rows_and_examples(
+    handmade_dir: Path, tmp_path: Path, layout: str, no_pandas_events: None
+) -> None:
+    write_events(handmade_dir, bad_events(), layout)
+    reports = tmp_path / "reports"
+    report = run(handmade_dir, reports)
+    found = [
+        (f.check, f.column, f.failing_rows, f.examples)
+        for f in report.failures
+        if f.table == T.USAGE_EVENTS
+    ]
+    assert found == BAD_EVENT_FAILURES, report.failure_table()
+    assert {f.table for f in report.failures} == {T.USAGE_EVENTS}
+    assert report.tables_checked[T.USAGE_EVENTS] == 8
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["tables_checked"][T.USAGE_EVENTS] == 8
+    assert [(f["check"], f["column"], f["failing_rows"]) for f in summary["failures"]] == [
+        (c, col, n) for c, col, n, _ in BAD_EVENT_FAILURES
+    ]
+    events = json.loads((reports / f"{T.USAGE_EVENTS}.json").read_text())
+    assert events["rows"] == 8 and events["validations"]["values"]["success"] is False
+    assert _checks_in(events["validations"]["values"]) == EVENT_CHECKS["values"]
+    cross = json.loads((reports / "cross_table.json").read_text())
+    (fk,) = [r for r in cross["foreign_keys"] if r["table"] == T.USAGE_EVENTS]
+    assert fk["result"]["unexpected_count"] == 1
+    assert fk["result"]["partial_unexpected_index_list"] == [4]
+    table = report.failure_table()
+    assert "usage_events" in table and "row 4: account_id=NO-SUCH-ACCOUNT" in table
+
+
+def test_events_never_read_into_pandas(work_dir: Path, no_pandas_events: None) -> None:
+    """check_folder counts and checks the events in DuckDB (a guard fails any pandas read)."""
+    import pyarrow.parquet as pq
+
+    report = run(work_dir)
+    assert report.success, report.failure_table()
+    source = find_source(work_dir, T.USAGE_EVENTS)
+    assert source is not None and source.suffix == ".parquet"
+    assert report.tables_checked[T.USAGE_EVENTS] == pq.read_metadata(source).num_rows
+
+
+def test_uncoercible_csv_events_reported_not_unreadable(handmade_dir: Path) -> None:
+    """A value a CSV column cannot be cast to is reported and is null, not a read error."""
+    df = bad_events().astype(str)
+    df.loc[0, Col.QUANTITY] = "lots"
+    df.loc[7, Col.EVENT_TIME] = "31/02/2024 25:61"
+    write_events(handmade_dir, df.iloc[[0, 7]], "csv")
+    report = run(handmade_dir)
+    found = [(f.check, f.column, f.failing_rows, f.examples) for f in report.failures]
+    assert found == [
+        ("type: not coercible to timestamp", Col.EVENT_TIME, 1, ["31/02/2024 25:61"]),
+        ("type: not coercible to float", Col.QUANTITY, 1, ["lots"]),
+        ("not null", Col.EVENT_TIME, 1, ["row 1: event_time=null"]),
+        ("not null", Col.QUANTITY, 1, ["row 0: quantity=null"]),
+    ]
+
+
+def test_event_checks_agree_with_gx(handmade_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB and GX give the same failures, also for rules the events' contract lacks."""
+    import dataclasses
+
+    from data_checks import checks
+    from data_checks.events import check_events, check_events_foreign_key, open_events
+    from features.contract import Column, Kind, Ordering
+
+    table = TABLES[T.USAGE_EVENTS]
+    columns = [
+        dataclasses.replace(c, allowed=("login", "export")) if c.name == Col.EVENT_TYPE
+        else dataclasses.replace(c, max_value=1.5) if c.name == Col.QUANTITY
+        else c
+        for c in table.columns
+    ]  # fmt: skip
+    seen = Column("seen_at", Kind.TIMESTAMP, "When logged.", nullable=True, future_ok=True)
+    richer = dataclasses.replace(
+        table,
+        columns=(*columns, seen),
+        key=(Col.USER_ID, Col.EVENT_TIME),
+        orderings=(Ordering(Col.EVENT_TIME, "seen_at"),),
+    )
+    monkeypatch.setitem(TABLES, T.USAGE_EVENTS, richer)
+    df = bad_events()
+    df["seen_at"] = df[Col.EVENT_TIME] + pd.Timedelta(minutes=5)
+    df.loc[7, "seen_at"] = df.loc[7, Col.EVENT_TIME] - pd.Timedelta(days=1)
+    df.loc[0, Col.QUANTITY] = float("nan")
+    df.loc[7, Col.QUANTITY] = float("inf")
+    df.loc[6, Col.EVENT_TIME] = df.loc[5, Col.EVENT_TIME]  # same time, different user
+    df.loc[5, Col.USER_ID] = df.loc[6, Col.USER_ID]  # ... now the same key twice
+    write_events(handmade_dir, df, "parquet")
+    bound = dt.datetime.combine(RUN_DATE, dt.time.max)
+
+    frame = read_raw_events(handmade_dir)
+    gx = GxRunner()
+    gx_failures, _, gx_n = checks._check_table(gx, richer, frame, bound)
+    accounts = read(handmade_dir, T.ACCOUNTS)[Col.ACCOUNT_ID]
+    (fk,) = richer.foreign_keys
+    res = checks.in_set_result(frame, fk.column, accounts.tolist(), list(richer.key))
+
+    ev = open_events(handmade_dir)
+    assert ev is not None
+    try:
+        db_failures, _, db_n = check_events(ev, bound)
+        db_res, db_fk, _ = check_events_foreign_key(ev, fk, accounts)
+    finally:
+        ev.close()
+    assert db_n == gx_n
+    assert db_failures == gx_failures
+    assert len(gx_failures) >= 9
+    assert db_res["unexpected_count"] == res["unexpected_count"] == 1
+    assert db_fk is not None and db_fk.examples == checks.examples(
+        res, [fk.column], list(richer.key)
+    )
+
+
+def read_raw_events(data_dir: Path) -> pd.DataFrame:
+    """The events as the pandas loader types them (for comparison only)."""
+    lt = load_table(data_dir, T.USAGE_EVENTS)
+    assert lt is not None and not lt.issues
+    return lt.frame

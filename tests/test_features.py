@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import duckdb
 import features_data as hb
 import numpy as np
 import pandas as pd
@@ -24,10 +25,14 @@ from features.contract import Col, T
 from features.io import load_table
 from features.labels import LABEL_FUNCTIONS, label_columns, label_frame
 from features.meta import Family
+from features.outcomes import outcomes_features
 from features.pipeline import build_snapshots
+from features.sentiment import sentiment_features
 from features.settings import FeatureParams, Windows
 from features.snapshots import DESCRIPTOR_COLUMNS, KEY_COLUMNS, META_KEYS, SnapshotTable
+from features.support import support_features
 from features.targets import TARGET_NAMES, TARGETS
+from features.usage import USAGE_RAW, usage_steps
 
 X = hb.X
 
@@ -220,6 +225,74 @@ def test_outcomes_features_by_hand(hand: SnapshotTable) -> None:
     check(row(hand, "A", "2024-02-01"), {"active_goals": 0, "overdue_unmet_goals": 0,
                                           "goals_on_track_share": None,
                                           "days_since_last_measurement": None})  # fmt: skip
+
+
+def _family_grid() -> tuple[pd.DataFrame, pd.Series]:
+    """B and C at X, B on Feb 1, on an index of their own; seats aligned with it."""
+    as_of = hb.ts([str(X), str(X), "2024-02-01"]).to_numpy()
+    grid = pd.DataFrame({Col.ACCOUNT_ID: ["B", "C", "B"], Col.AS_OF: as_of}, index=[10, 11, 12])
+    return grid, pd.Series([20, 130, 20], index=grid.index)
+
+
+def test_ties_take_the_later_input_row() -> None:
+    """Equal timestamps: the latest NPS response / measurement is the row later in the input."""
+    grid, seats = _family_grid()
+    frames = hb.tables()
+    nps = frames[T.NPS_RESPONSES]
+    # Two responses of B at the same time, after R1 (Mar 20): the later row is the last one.
+    extra = nps.iloc[[0, 0]].assign(
+        response_id=["R8", "R9"], responded_at=hb.ts(["2024-03-25 12:00"] * 2), score=[2, 6]
+    )
+    tied = pd.concat([nps, extra], ignore_index=True)
+    got = sentiment_features(grid, tied, seats, 365)
+    assert got.loc[10, "nps_last"] == 6
+    assert got.loc[10, "days_since_last_nps"] == pytest.approx(6.5)
+    assert sentiment_features(grid, tied.iloc[::-1], seats, 365).loc[10, "nps_last"] == 2
+    # Two measurements of G1 on Mar 20 (after Mar 15's 160): 170, then 190 -> progress 0.9.
+    meas = frames[T.OUTCOME_MEASUREMENTS]
+    both = pd.DataFrame(
+        {Col.OUTCOME_ID: ["G1", "G1"], Col.MEASURED_AT: hb.ts(["2024-03-20"] * 2),
+         Col.VALUE: [170.0, 190.0]}
+    )  # fmt: skip
+    goals = frames[T.OUTCOMES]
+    got = outcomes_features(grid, goals, pd.concat([meas, both], ignore_index=True))
+    assert got.loc[10, "mean_goal_progress"] == pytest.approx((0.9 + 0.4) / 2)  # G1, G2
+    assert got.loc[10, "days_since_last_measurement"] == 12
+    got = outcomes_features(grid, goals, pd.concat([meas, both.iloc[::-1]], ignore_index=True))
+    assert got.loc[10, "mean_goal_progress"] == pytest.approx((0.7 + 0.4) / 2)
+
+
+def test_families_run_with_or_without_a_connection(hand: SnapshotTable) -> None:
+    """A passed DuckDB connection gives the same values and is left without our views."""
+    grid, seats = _family_grid()
+    frames = hb.tables()
+    w = hb.PARAMS.windows
+    calls = {
+        Family.SUPPORT: lambda con: support_features(
+            grid, frames[T.SUPPORT_TICKETS], seats, w, con=con
+        ),
+        Family.SENTIMENT: lambda con: sentiment_features(
+            grid, frames[T.NPS_RESPONSES], seats, 365, con=con
+        ),
+        Family.OUTCOMES: lambda con: outcomes_features(
+            grid, frames[T.OUTCOMES], frames[T.OUTCOME_MEASUREMENTS], con=con
+        ),
+    }
+    con = duckdb.connect()
+    con.execute("CREATE TEMP TABLE grid AS SELECT 1 AS x")  # as the usage family leaves it
+    for family, call in calls.items():
+        alone, shared = call(None), call(con)
+        pd.testing.assert_frame_equal(alone, shared)
+        assert list(alone.index) == [10, 11, 12]
+        assert list(alone.columns) == family_columns(hand, family)
+        assert (alone.dtypes == "float64").all()
+        for i, (account, as_of) in zip(grid.index, grid.itertuples(index=False), strict=True):
+            pd.testing.assert_series_equal(
+                alone.loc[i], row(hand, account, as_of)[alone.columns].astype("float64"),
+                check_names=False,
+            )  # fmt: skip
+    views = con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    assert views == []
 
 
 def test_commercial_features_by_hand(hand: SnapshotTable) -> None:
@@ -745,3 +818,17 @@ def test_reading_a_missing_or_old_table_says_what_to_do(
     meta_file.write_text("{not json")
     with pytest.raises(ValueError, match=r"not valid JSON.*re-run `cshealth features`"):
         SnapshotTable.read(out)
+
+
+def test_usage_sql_steps_stay_portable() -> None:
+    """Each usage step is one plain SELECT, free of the DuckDB-only syntax Spark lacks."""
+    steps = usage_steps(Windows(short=3, medium=10, long=40))
+    names = [name for name, _ in steps]
+    assert len(set(names)) == len(names) and names[-1] == USAGE_RAW
+    for name, sql in steps:
+        assert re.match(r"\s*(SELECT|WITH)\b", sql, re.IGNORECASE), name
+        for banned in (r"\bASOF\b", r"\bGROUP\s+BY\s+ALL\b", "::", r"\bCREATE\b", ";"):
+            assert not re.search(banned, sql, re.IGNORECASE), (name, banned)
+        assert not re.search(r"[{}]", sql), (name, "unformatted placeholder")
+    # the windows are in the SQL: 40 days back for distinct users, 2 x 10 for the trend
+    assert " - 40" in steps[-1][1] and " - 20" in steps[-1][1]

@@ -1,0 +1,135 @@
+"""The Spark engine: the same snapshot table as DuckDB, and the same point-in-time property.
+
+Spark runs `local[2]` in this process (Java 17+ and the `spark` extra, both installed by
+`make test`). Deselect with `-m "not spark"`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import features_data as hb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from features.engine import SparkEngine, to_spark_sql
+from features.pipeline import build_snapshots
+from features.settings import FeatureParams
+from features.snapshots import SnapshotTable, meta_path
+from simulator import generate, write_dataset
+from tests.test_features_leakage import PARAMS, _apply, assert_features_unchanged, later_records
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[SparkEngine]:
+    engine = SparkEngine.start("local[2]")
+    assert engine.owned, "another Spark session was active"
+    yield engine
+    engine.close()
+
+
+def assert_same(duck: SnapshotTable, spark: SnapshotTable) -> None:
+    """Same keys, values (floats within 1e-9 relative), labels and metadata."""
+    pd.testing.assert_frame_equal(duck.frame, spark.frame, rtol=1e-9, check_exact=False)
+    assert duck.metadata() == spark.metadata()
+
+
+def test_hand_built_data_give_the_same_table(spark: SparkEngine, tmp_path: Path) -> None:
+    data = hb.write(hb.tables(), tmp_path / "raw")
+    assert_same(build_snapshots(data, hb.PARAMS), build_snapshots(data, hb.PARAMS, engine=spark))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated data set whose events are a partitioned Parquet folder."""
+    raw = tmp_path_factory.mktemp("spark") / "raw"
+    write_dataset(generate(60, 14, 11, dt.date(2024, 1, 1), truth_samples=2), raw, None)
+    events = pq.read_table(raw / "usage_events.parquet")
+    (raw / "usage_events.parquet").unlink()
+    n = events.num_rows
+    for i in range(3):  # three parts, as a lakehouse writes them
+        part = raw / "usage_events" / f"part={i}"
+        part.mkdir(parents=True)
+        pq.write_table(events.slice(i * n // 3, (i + 1) * n // 3 - i * n // 3), part / "x.parquet")
+    return raw
+
+
+def test_generated_data_give_the_same_table(spark: SparkEngine, generated: Path) -> None:
+    params = FeatureParams()
+    duck = build_snapshots(generated, params)
+    assert len(duck.frame) > 300 and duck.frame[duck.labels["churn"]].notna().sum() > 100
+    assert_same(duck, build_snapshots(generated, params, engine=spark))
+
+
+def test_csv_events_give_the_same_table(spark: SparkEngine, tmp_path: Path) -> None:
+    frames = hb.tables()
+    data = hb.write(frames, tmp_path / "raw", csv=("usage_events",))
+    assert (data / "usage_events.csv").exists()
+    assert_same(build_snapshots(data, hb.PARAMS), build_snapshots(data, hb.PARAMS, engine=spark))
+
+
+def test_no_events_at_all(spark: SparkEngine, tmp_path: Path) -> None:
+    frames = hb.tables()
+    frames["usage_events"] = frames["usage_events"].iloc[:0]
+    data = hb.write(frames, tmp_path / "raw")
+    with pytest.raises(Exception, match="usage_events"):  # the contract: not empty
+        build_snapshots(data, hb.PARAMS, engine=spark)
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(case=later_records())
+def test_later_records_do_not_change_features_on_spark(
+    spark: SparkEngine, case: tuple[pd.Timestamp, list[tuple[str, dict]]]
+) -> None:
+    """The point-in-time property of tests/test_features_leakage.py, on Spark."""
+    as_of, records = case
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build_snapshots(hb.write(hb.tables(), Path(tmp) / "base"), PARAMS, engine=spark)
+        data = hb.write(_apply(as_of, records), Path(tmp) / "raw")
+        assert_features_unchanged(base, build_snapshots(data, PARAMS, engine=spark), as_of)
+
+
+def test_cli_writes_the_same_table_and_metadata(
+    spark: SparkEngine, generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cshealth.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the snapshot check's report lands here
+    out = {}
+    for engine in ("duckdb", "spark"):
+        out[engine] = tmp_path / f"{engine}.parquet"
+        argv = ["-q", "features", "--data", str(generated), "--out", str(out[engine]),
+                "--run-date", "2026-12-01", "--engine", engine]  # fmt: skip
+        assert main(argv) == 0
+    assert spark.spark.getActiveSession() is not None  # the CLI left the shared session up
+    duck, sp = (SnapshotTable.read(out[e]) for e in ("duckdb", "spark"))
+    assert_same(duck, sp)
+    meta = [json.loads(meta_path(out[e]).read_text()) for e in ("duckdb", "spark")]
+    assert meta[0] == meta[1]
+
+
+def test_duckdb_sql_is_translated_for_spark() -> None:
+    """DuckDB forms the families use come out as Spark's own."""
+    assert "DATEDIFF(DAY, a, b)" in to_spark_sql("SELECT date_diff('day', a, b) FROM t")
+    assert "CAST(x AS DATE)" in to_spark_sql("SELECT x::DATE FROM t")
+    assert "TIMESTAMP_NTZ" in to_spark_sql("SELECT CAST(x AS TIMESTAMP) FROM t")
+
+
+def test_empty_frames_register_with_a_schema(spark: SparkEngine) -> None:
+    frame = pd.DataFrame({"t": pd.Series([], dtype=object), "x": pd.Series([], dtype=float),
+                          "at": pd.Series([], dtype="datetime64[us]")})  # fmt: skip
+    spark.register("empty_t", frame)
+    assert spark.rows("SELECT count(*) FROM empty_t") == [(0,)]
+    types = dict(spark.spark.table("empty_t").dtypes)
+    assert types == {"t": "string", "x": "double", "at": "timestamp_ntz"}
+    spark.unregister("empty_t")
