@@ -729,15 +729,22 @@ def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
     if not dates:
         raise UserError(f"{features}: no as_of date with a known outcome yet: the data must "
                         f"reach an as_of + {snaps.horizon_days} days")  # fmt: skip
-    known = snaps.known_at(dates[0])
-    rows = int(known.frame[label].notna().sum())
-    print(f"replay: training on the {rows:,} rows with outcomes known before "
-          f"{dates[0].date()} (not registered)", flush=True)  # fmt: skip
-    try:
-        result = train(known, cfg.train, list(cfg.rules))
-    except ValueError as err:
-        raise UserError(f"replay from {dates[0].date()}: {one_line(str(err), 400)}; replay a "
-                        "later date (--start) or fewer (--runs)") from None  # fmt: skip
+    result = None
+    while result is None:
+        known = snaps.known_at(dates[0])
+        rows = int(known.frame[label].notna().sum())
+        print(f"replay: training on the {rows:,} rows with outcomes known before "
+              f"{dates[0].date()} (not registered)", flush=True)  # fmt: skip
+        try:
+            result = train(known, cfg.train, list(cfg.rules))
+        except ValueError as err:
+            if args.start is not None or len(dates) == 1:
+                raise UserError(f"replay from {dates[0].date()}: {one_line(str(err), 400)}; "
+                                "replay a later date (--start) or fewer (--runs)") from None
+            # the default start is the user's first try too: a later one leaves more history
+            print(f"replay: too little history before {dates[0].date()}; starting at the next date",
+                  flush=True)  # fmt: skip
+            dates = dates[1:]
     version = f"replay-{dates[0].date()}"
     models = ModelPair(result.targets[CHURN.name].model, result.targets[EXPANSION.name].model,
                        version, version)  # fmt: skip

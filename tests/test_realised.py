@@ -286,3 +286,32 @@ def test_realised_template_renders_every_state() -> None:
     rep = realised(runs, lambda _: PREDICTED, SUBS, CUTOFF, LABELS, RealisedParams(min_accounts=1))
     html = template.render(realised=rep)
     assert "1.00" in html and "25%" in html and "How this is measured" in html
+
+
+@pytest.mark.slow
+def test_replay_on_a_short_history_starts_where_it_can_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """14 months of another preset: the default start leaves too little history to train;
+    replay moves on to the first date it can, and says so. No registry is needed."""
+    from cshealth.cli import main
+    from cshealth.config import load_config
+    from features.pipeline import build_snapshots
+    from simulator import generate, write_dataset
+
+    raw, table = tmp_path / "raw", tmp_path / "snapshots.parquet"
+    sim = generate(300, 14, 42, dt.date(2024, 1, 1), truth_samples=2, preset="support_driven")
+    write_dataset(sim, raw, None)
+    build_snapshots(raw, load_config().features).write(table)
+    monkeypatch.setenv("CSHEALTH_DB_URL", f"sqlite:///{tmp_path / 'scores.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no-registry.db'}")
+    assert main(["-q", "replay", "--features", str(table), "--data", str(raw)]) == 0
+    out = capsys.readouterr().out
+    assert "too little history before" in out and "starting at the next date" in out
+    assert "realised accuracy over 1 past run(s)" in out, out
+    assert not (tmp_path / "no-registry.db").exists()  # trained in memory, nothing registered
+    # an explicit start is the user's choice: no moving on, a one-line error instead
+    first = out.split("too little history before ")[1][:10]
+    assert main(["-q", "replay", "--features", str(table), "--data", str(raw),
+                 "--start", first]) == 2  # fmt: skip
+    assert "replay a later date (--start) or fewer (--runs)" in capsys.readouterr().err
