@@ -84,19 +84,25 @@ def test_no_events_at_all(spark: SparkEngine, tmp_path: Path) -> None:
         build_snapshots(data, hb.PARAMS, engine=spark)
 
 
+@pytest.fixture(scope="module")
+def spark_base(spark: SparkEngine, tmp_path_factory: pytest.TempPathFactory) -> SnapshotTable:
+    """The hand-built data's table, built on Spark once for every example."""
+    return build_snapshots(hb.write(hb.tables(), tmp_path_factory.mktemp("base")), PARAMS,
+                           engine=spark)  # fmt: skip
+
+
 @settings(max_examples=3, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(case=later_records())
 def test_later_records_do_not_change_features_on_spark(
-    spark: SparkEngine, case: tuple[pd.Timestamp, list[tuple[str, dict]]]
+    spark: SparkEngine, spark_base: SnapshotTable, case: tuple[pd.Timestamp, list[tuple[str, dict]]]
 ) -> None:
     """The point-in-time property of tests/test_features_leakage.py, on Spark."""
     as_of, records = case
     with tempfile.TemporaryDirectory() as tmp:
-        base = build_snapshots(hb.write(hb.tables(), Path(tmp) / "base"), PARAMS, engine=spark)
         data = hb.write(_apply(as_of, records), Path(tmp) / "raw")
-        assert_features_unchanged(base, build_snapshots(data, PARAMS, engine=spark), as_of)
+        assert_features_unchanged(spark_base, build_snapshots(data, PARAMS, engine=spark), as_of)
 
 
 def test_cli_writes_the_same_table_and_metadata(
