@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cshealth.config import DEFAULT_PARAMS, Config, ConfigError, load_config
 from cshealth.errors import UserError, one_line
@@ -23,9 +24,12 @@ from simulator import END_DATE_CONVENTIONS, preset_names
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.engine import SparkEngine
+    from features.location import DataLocation
     from features.meta import Feature
     from features.snapshots import SnapshotTable
     from serving.drift import DriftReport
+    from serving.predictor import Scorer
     from serving.store import ScoreStore
 
 log = logging.getLogger("cshealth")
@@ -90,11 +94,21 @@ def cmd_generate(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _data_folder(args: argparse.Namespace, cfg: Config) -> DataLocation:
+    """The data folder: `--data` (a path or a URI: file://, s3://, gs://, ...) or data.raw_dir.
+
+    An unsupported scheme is a one-line error (a ValueError) naming it.
+    """
+    from features.location import locate
+
+    return locate(args.data or cfg.data.raw_dir)
+
+
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate a data folder against the contract; exit 1 when a check fails."""
     from data_checks import check_folder
 
-    data_dir = Path(args.data or cfg.data.raw_dir)
+    data_dir = _data_folder(args, cfg)
     reports = Path(args.reports or cfg.checks.reports_dir)
     run_date = args.run_date or dt.datetime.now(dt.UTC).date()
     report = check_folder(data_dir, run_date=run_date, reports_dir=reports,
@@ -110,23 +124,31 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if report.success else 1
 
 
+def _spark(args: argparse.Namespace) -> SparkEngine:
+    """The Spark engine on `CSHEALTH_SPARK_MASTER` (or the active session); one-line errors."""
+    try:
+        from features.engine import SparkEngine
+
+        return SparkEngine.start(args.settings.spark_master)
+    except ImportError as err:
+        raise UserError(f"the Spark engine is not available ({err}): pip install "
+                        "'cshealth[spark]' (and Java 17+)") from None  # fmt: skip
+    except RuntimeError as err:
+        raise UserError(f"the Spark engine is not available: {err}") from None
+
+
 def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
     """Build the point-in-time snapshot table (features + labels)."""
     from data_checks import check_snapshots
     from features.pipeline import build_snapshots
 
-    data_dir = Path(args.data or cfg.data.raw_dir)
+    data_dir = _data_folder(args, cfg)
     out = Path(args.out or cfg.features.out)
     # Taken here, not in the pipeline: feature functions get explicit dates, never now().
     run_date = args.run_date or dt.datetime.now(dt.UTC).date()
     t0 = time.perf_counter()
     if args.engine == "spark":
-        from features.engine import SparkEngine
-
-        try:
-            engine = SparkEngine.start(args.settings.spark_master)
-        except (ImportError, RuntimeError) as err:
-            raise UserError(f"the Spark engine is not available: {err}") from None
+        engine = _spark(args)
         try:
             snaps = build_snapshots(data_dir, cfg.features, run_date=run_date, engine=engine)
         finally:
@@ -321,10 +343,29 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _score_on(
+    args: argparse.Namespace, frame: pd.DataFrame, scorer: Scorer, store: ScoreStore
+) -> dict[str, Any]:
+    """`score_latest` with the probabilities computed here or on Spark (`args.engine`)."""
+    from serving.batch import score_latest
+
+    if args.engine == "local":
+        return score_latest(frame, scorer, store, as_of=args.as_of)
+    from serving.spark_scoring import spark_probabilities
+
+    engine = _spark(args)
+    log.info("score: probabilities on Spark (%s), explanations in this process",
+             engine.spark.sparkContext.master)  # fmt: skip
+    on_spark = functools.partial(spark_probabilities, engine.spark, models=scorer.models)
+    try:
+        return score_latest(frame, scorer, store, as_of=args.as_of, probabilities=on_spark)
+    finally:
+        engine.close()  # stops the session only if it started it
+
+
 def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     """Score every account at the newest as_of with the champions; append to the store."""
     from features.snapshots import SnapshotTable
-    from serving.batch import score_latest
     from serving.predictor import ModelPair, Scorer
     from training import tracking
 
@@ -342,7 +383,7 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
             ModelPair(churn, expansion, str(v_churn), str(v_exp)), cfg.health, cfg.explanations
         )
         try:  # scored_at: at commit
-            summary = score_latest(snaps.frame, scorer, store, as_of=args.as_of)
+            summary = _score_on(args, snaps.frame, scorer, store)
         except ValueError as err:
             raise UserError(f"{features}: {err}") from None
         if webhooks and not summary["backfill"]:
@@ -353,7 +394,7 @@ def cmd_score(args: argparse.Namespace, cfg: Config) -> int:
     print(
         f"scored {summary['accounts']:,} accounts at as_of {summary['as_of']} with churn "
         f"v{v_churn} / expansion v{v_exp}: {bands}; mean health {summary['mean_health']}; "
-        f"run {summary['run_id']} in {store!r} ({summary['seconds']} s)"
+        f"run {summary['run_id']} in {store!r} ({summary['seconds']} s, {args.engine} engine)"
     )
     if summary["backfill"]:
         print("a backfill run (as_of before the served run's): kept as history for realised "
@@ -649,7 +690,7 @@ def _realised(args: argparse.Namespace, cfg: Config, snaps: SnapshotTable) -> di
     """Realised accuracy of every stored run whose outcome window the data now cover."""
     from serving.realised import realised
 
-    subs = _subscriptions(Path(args.data or cfg.data.raw_dir), snaps)
+    subs = _subscriptions(_data_folder(args, cfg), snaps)
     label_params = cfg.features.model_copy(
         update={
             "horizon_days": snaps.horizon_days,
@@ -773,7 +814,7 @@ def cmd_weekly(args: argparse.Namespace, cfg: Config) -> int:
     steps: list[tuple[str, Callable[[argparse.Namespace, Config], int], dict]] = [
         ("check", cmd_check, {"reports": None}),
         ("features", cmd_features, {"out": args.features, "engine": "duckdb"}),
-        ("score", cmd_score, {"as_of": None}),
+        ("score", cmd_score, {"as_of": None, "engine": "local"}),
         ("monitor", cmd_monitor, {"reference": None, "out": None}),
     ]
     t0 = time.perf_counter()
@@ -870,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help=cmd_check.__doc__)
-    c.add_argument("data", nargs="?", type=Path, help="data folder (default: data.raw_dir)")
+    c.add_argument("data", nargs="?", help="data folder: a path or a URI (default: data.raw_dir)")
     c.add_argument("--run-date", type=_date, help="no timestamp may be later (default: today)")
     c.add_argument(
         "--reports", type=Path, help="where full results go (default: checks.reports_dir)"
@@ -878,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     f = sub.add_parser("features", help=cmd_features.__doc__)
-    f.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    f.add_argument("--data", help="data folder: a path or a URI (default: data.raw_dir)")
     f.add_argument("--out", type=Path, help="snapshot Parquet file (default: features.out)")
     f.add_argument(
         "--run-date", type=_date, help="no timestamp may be later, as in `check` (default: today)"
@@ -905,6 +946,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the snapshot at this as_of (default: the newest); a date before the "
         "served run's is stored as a backfill run: history for realised accuracy, not served",
     )  # fmt: skip
+    s.add_argument(
+        "--engine", choices=("local", "spark"), default="local",
+        help="where the probabilities are computed: in this process (default) or on Apache "
+        "Spark through mlflow.pyfunc.spark_udf over the champions' registered versions, on "
+        "CSHEALTH_SPARK_MASTER (default local[2]; needs the `spark` extra and Java 17+); "
+        "explanations are computed in this process either way",
+    )  # fmt: skip
     s.set_defaults(func=cmd_score)
 
     al = sub.add_parser("alerts", help=cmd_alerts.__doc__)
@@ -924,7 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     wk = sub.add_parser("weekly", help=cmd_weekly.__doc__)
-    wk.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    wk.add_argument("--data", help="data folder: a path or a URI (default: data.raw_dir)")
     wk.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
     wk.add_argument("--run-date", type=_date, help="no timestamp may be later (default: today)")
     wk.set_defaults(func=cmd_weekly)
@@ -937,15 +985,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mo.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
     mo.add_argument(
-        "--data", type=Path,
-        help="data folder whose subscriptions say what happened (default: data.raw_dir)",
+        "--data",
+        help="data folder whose subscriptions say what happened: a path or a URI "
+        "(default: data.raw_dir)",
     )  # fmt: skip
     mo.add_argument("--out", type=Path, help="JSON results (default: monitor.out)")
     mo.set_defaults(func=cmd_monitor)
 
     rl = sub.add_parser("replay", help=cmd_replay.__doc__.splitlines()[0])
     rl.add_argument("--features", type=Path, help="snapshot table (default: features.out)")
-    rl.add_argument("--data", type=Path, help="data folder (default: data.raw_dir)")
+    rl.add_argument("--data", help="data folder: a path or a URI (default: data.raw_dir)")
     rl.add_argument(
         "--runs", type=_positive,
         help="how many as_of dates to score (default: monitor.realised.replay_runs)",

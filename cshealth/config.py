@@ -27,7 +27,7 @@ class _Frozen(BaseModel):
 
 
 class DataParams(_Frozen):
-    raw_dir: Path = Path("data/raw")
+    raw_dir: str = "data/raw"  # a path or a URI (file://, s3://, gs://, ...)
     truth_file: Path = Path("data/truth.parquet")
 
 

@@ -103,8 +103,8 @@ class Settings(BaseSettings):
         "(`X-CSHealth-Signature: sha256=<hex>`); required when webhooks are set.")  # fmt: skip
     # ----- engines
     spark_master: str = Field("local[2]", validation_alias=_env("CSHEALTH_SPARK_MASTER"),
-        description="The Spark master `cshealth features --engine spark` runs on "
-        "(`local[N]`, `spark://host:7077`, `yarn`, ...).")  # fmt: skip
+        description="The Spark master `cshealth features --engine spark` and `cshealth score "
+        "--engine spark` run on (`local[N]`, `spark://host:7077`, `yarn`, ...).")  # fmt: skip
 
     bentoml_timer_fix: bool = Field(True, validation_alias=_env("CSHEALTH_BENTOML_TIMER_FIX"),
         description="`0` leaves BentoML's timeout middleware unpatched (see "

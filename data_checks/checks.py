@@ -40,6 +40,7 @@ from data_checks.suites import (
 )
 from features.contract import TABLES, Col, ForeignKey, T, Table, future_checked, run_bound
 from features.io import ContractError, Issue, describe, load_table
+from features.location import DataLocation, locate
 from features.subscriptions import EndDateSetting, resolve_end_date_convention
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ _READABLE = "readable"
 
 
 def check_folder(
-    data_dir: Path,
+    data_dir: Path | str | DataLocation,
     run_date: dt.date | dt.datetime,
     reports_dir: Path | None = None,
     end_date_convention: EndDateSetting = "auto",
@@ -66,7 +67,7 @@ def check_folder(
     detects it) under the results' `end_date_convention` key.
     """
     t0 = time.perf_counter()
-    data_dir = Path(data_dir)
+    data_dir = locate(data_dir)  # a path or a URI (file://, s3://, ...)
     bound = run_bound(run_date)
     results: dict[str, Any] = {
         "data_dir": str(data_dir),

@@ -11,10 +11,9 @@ the row (0-based, in file order, parts in path order) as the pandas path did.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ from data_checks.report import Failure
 from data_checks.runner import examples
 from data_checks.suites import NOT_NULL, allowed_name, fk_check, ordering_name, range_name
 from features.contract import TABLES, ForeignKey, Kind, Rule, T, Table, future_checked
+from features.engine import duckdb_connection
 from features.io import MAX_EXAMPLES, Issue, find_source, source_files
+from features.location import DataLocation
 from features.usage import (
     NO_CONTRACT_COLUMN,
     event_rule_conditions,
@@ -62,7 +63,8 @@ class EventsTable:
     rows: int
     types: dict[str, str]  # contract column present in the view -> its DuckDB type
     issues: list[Issue] = field(default_factory=list)  # missing columns, uncoercible values
-    spill: Path | None = None  # DuckDB's temp folder, removed on close
+    #: the connection's own resources (its spill folder), released on close
+    resources: contextlib.ExitStack | None = None
     _values: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -83,9 +85,10 @@ class EventsTable:
         return self._values[column]
 
     def close(self) -> None:
-        self.con.close()
-        if self.spill is not None:
-            shutil.rmtree(self.spill, ignore_errors=True)
+        if self.resources is not None:
+            self.resources.close()  # closes the connection, removes its spill folder
+        else:
+            self.con.close()
 
 
 @dataclass(frozen=True)
@@ -102,21 +105,21 @@ class _Check:
     last: bool = False  # an ordering: the GX suite runs those after the table-level checks
 
 
-def open_events(data_dir: Path) -> EventsTable | None:
+def open_events(data_dir: DataLocation | Path | str) -> EventsTable | None:
     """Open the usage_events source in DuckDB; None when absent.
 
-    Raises ContractError for an ambiguous, empty or unreadable source (naming the file).
+    `data_dir` is a path, a URI or a DataLocation: local files are read by DuckDB itself,
+    files elsewhere through an Arrow dataset over their filesystem. Raises ContractError
+    for an ambiguous, empty or unreadable source (naming the file).
     """
-    source = find_source(Path(data_dir), T.USAGE_EVENTS)
+    source = find_source(data_dir, T.USAGE_EVENTS)
     if source is None:
         return None
     log.info("reading %s from %s (DuckDB)", T.USAGE_EVENTS, source)
     source_files(T.USAGE_EVENTS, source)  # an empty file or a folder without parts
-    con = duckdb.connect()
-    spill = Path(tempfile.mkdtemp(prefix="cshealth-check-"))
+    resources = contextlib.ExitStack()
+    con = resources.enter_context(duckdb_connection(MEMORY_LIMIT))
     try:
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        con.execute(f"SET temp_directory = '{_text(str(spill))}'")
         _no_cast_pushdown(con)
         with reading_events(source):
             issues = events_relation_reported(con, source)
@@ -133,10 +136,9 @@ def open_events(data_dir: Path) -> EventsTable | None:
         replace = f" REPLACE ({', '.join(nan_free)})" if nan_free else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW {CHECKED} AS SELECT *{replace} FROM events")
     except BaseException:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+        resources.close()
         raise
-    return EventsTable(con, source, int(rows), types, issues, spill)
+    return EventsTable(con, source, int(rows), types, issues, resources)
 
 
 def _no_cast_pushdown(con: duckdb.DuckDBPyConnection) -> None:
@@ -147,11 +149,6 @@ def _no_cast_pushdown(con: duckdb.DuckDBPyConnection) -> None:
     names = {r[0] for r in con.sql("SELECT name FROM duckdb_optimizers()").fetchall()}
     if "type_pushdown" in names:
         con.execute("SET disabled_optimizers = 'type_pushdown'")
-
-
-def _text(value: str) -> str:
-    """`value` inside an SQL string literal."""
-    return value.replace("'", "''")
 
 
 def _q(column: str) -> str:

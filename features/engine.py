@@ -30,6 +30,7 @@ import duckdb
 import pandas as pd
 
 from features.contract import TABLES, Kind, T
+from features.location import Source, locate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -233,20 +234,23 @@ _SPARK_TYPE = {
 }  # fmt: skip
 
 
-def spark_events_view(engine: SparkEngine, source: Path | pd.DataFrame) -> None:
+def spark_events_view(engine: SparkEngine, source: Source | str | pd.DataFrame) -> None:
     """Register view `events` on Spark over the usage-events source, typed per the contract.
 
-    A folder is handed to Spark whole (partitioned Parquet is discovered by Spark, never
-    listed here); a CSV is read as text and cast. Values were validated before (DuckDB
-    reads the same files in `cshealth check` / `features`), so casts here do not fail.
+    The file or folder goes to Spark as a URI (`DataLocation.spark_uri`: `file:///...`,
+    `s3a://...`, `gs://...`, `abfss://...`, `hdfs://...`), read by the cluster's own
+    Hadoop filesystems; a folder is handed over whole (partitioned Parquet is discovered
+    by Spark, never listed here); a CSV is read as text and cast. Values were validated
+    before (DuckDB reads the same files in `cshealth check` / `features`), so casts here
+    do not fail.
     """
     spark = engine.spark
     if isinstance(source, pd.DataFrame):
         df = spark.createDataFrame(_for_spark(source))
-    elif Path(source).suffix == ".csv":
-        df = spark.read.option("header", True).csv(str(source))
+    elif (where := locate(source)).suffix == ".csv":
+        df = spark.read.option("header", True).csv(where.spark_uri)
     else:
-        df = spark.read.parquet(str(source))
+        df = spark.read.parquet(where.spark_uri)
     df.createOrReplaceTempView("events_src")
     have = set(df.columns)
     select = []

@@ -4,6 +4,9 @@ A table `NAME` is found in a data folder as `NAME.parquet`, `NAME.csv` or a fold
 `NAME/` of Parquet parts. Its columns are coerced to the contract's types; values
 that cannot be coerced are reported (table, column, rows, examples), never dropped
 silently: they become null in the returned frame and are listed in the issues.
+
+The data folder is a path, a `file://` URI or an object store (`features.location`):
+a table's source is a `Path` when local, else a `DataLocation` read through Arrow.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from pyarrow.fs import FileType
 
 from features.contract import CONTROL_CHARACTERS, TABLES, Column, Kind, Table
+from features.location import DataLocation, Source, as_source, locate
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -64,46 +73,48 @@ class LoadedTable:
 
     table: Table
     frame: pd.DataFrame
-    source: Path
+    source: Source
     issues: list[Issue] = field(default_factory=list)
 
 
-def find_source(data_dir: Path, name: str) -> Path | None:
-    """The file or folder holding table `name`, None when absent.
+DataFolder = DataLocation | Path | str
+
+
+def find_source(data_dir: DataFolder, name: str) -> Source | None:
+    """The file or folder holding table `name` (a Path when local), None when absent.
 
     Raises ContractError when several candidates exist, since picking one would
     silently ignore the other.
     """
+    folder = locate(data_dir)
+    children = [folder.child(f"{name}.parquet"), folder.child(f"{name}.csv"), folder.child(name)]
     candidates = [
-        p
-        for p in (data_dir / f"{name}.parquet", data_dir / f"{name}.csv", data_dir / name)
-        if p.exists()
-    ]
+        c for c, info in zip(children, folder.infos(children), strict=True)
+        if info.type != FileType.NotFound
+    ]  # fmt: skip
     if len(candidates) > 1:
-        found = ", ".join(p.name for p in candidates)
+        found = ", ".join(c.name for c in candidates)
         raise ContractError([Issue(name, None, f"ambiguous source: {found}")])
-    return candidates[0] if candidates else None
+    return as_source(candidates[0]) if candidates else None
 
 
-def _hidden(part: Path, folder: Path) -> bool:
-    """Whether Parquet readers skip this file (a name under the folder starts with . or _)."""
-    return any(n.startswith((".", "_")) for n in part.relative_to(folder).parts)
-
-
-def source_files(name: str, source: Path) -> list[Path]:
+def source_files(name: str, source: Source) -> list[Source]:
     """The files holding table `name`: the file itself, or the folder's Parquet parts.
 
-    Raises ContractError for a folder without parts and for an empty (0-byte) file.
+    The parts are listed by Arrow in one call (names starting with "." or "_" skipped,
+    as every Parquet reader skips them); they come back as the source does (Paths when
+    local). Raises ContractError for a folder without parts and for an empty (0-byte) file.
     """
-    if not source.is_dir():
-        files = [source]
+    where = locate(source)
+    info = where.info()
+    if info.type != FileType.Directory:
+        found = [info]
     else:
-        files = sorted(
-            p for p in source.rglob("*.parquet") if p.is_file() and not _hidden(p, source)
-        )
-        if not files:
-            raise ContractError([Issue(name, None, f"no Parquet parts in folder {source.name}/")])
-    empty = [p for p in files if p.stat().st_size == 0]
+        found = where.parquet_parts()
+        if not found:
+            raise ContractError([Issue(name, None, f"no Parquet parts in folder {where.name}/")])
+    files = [as_source(where.at(f.path)) for f in found]
+    empty = [f for f, i in zip(files, found, strict=True) if i.size == 0]
     if empty:
         raise ContractError(
             [Issue(name, None, f"empty file (0 bytes): {_shown(empty[0], source)}")]
@@ -111,8 +122,15 @@ def source_files(name: str, source: Path) -> list[Path]:
     return files
 
 
-def read_source(path: Path, files: list[Path] | None = None) -> pd.DataFrame:
+def read_source(path: Source, files: list[Source] | None = None) -> pd.DataFrame:
     """Read a Parquet file, a folder of Parquet parts (`files`), or a CSV (all text)."""
+    if isinstance(path, DataLocation):  # not local: through its Arrow filesystem
+        if path.suffix == ".csv":
+            with path.open_input_file() as fh:
+                return pd.read_csv(fh, dtype=str, keep_default_na=True)
+        parts = [locate(f).path for f in files or ()]
+        whole = not files or parts == [path.path]
+        return pd.read_parquet(path.path if whole else parts, filesystem=path.filesystem)
     if path.suffix == ".csv":
         # Read CSV as text so that ids keep leading zeros; coercion types it.
         return pd.read_csv(path, dtype=str, keep_default_na=True)
@@ -120,24 +138,53 @@ def read_source(path: Path, files: list[Path] | None = None) -> pd.DataFrame:
     return pd.read_parquet([str(f) for f in files] if path.is_dir() and files else path)
 
 
-def _shown(file: Path, source: Path) -> str:
+def arrow_dataset(source: Source, files: list[Source]) -> ds.Dataset:
+    """The files of a table as an Arrow dataset (scanned lazily, e.g. by DuckDB).
+
+    Parquet parts as they are (the files' own columns, as DuckDB's `read_parquet` over
+    the same list gives); a CSV with every column as text, empty fields null, as
+    DuckDB's `read_csv(all_varchar=True)` reads it.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as ds
+
+    where = locate(source)
+    paths = [locate(f).path for f in files]
+    if where.suffix != ".csv":
+        return ds.dataset(paths, filesystem=where.filesystem, format="parquet")
+    with where.open_input_stream() as fh:  # the header, for the column names
+        names = pacsv.open_csv(fh).schema.names
+    text = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
+        null_values=[""], quoted_strings_can_be_null=True,
+    )  # fmt: skip
+    fmt = ds.CsvFileFormat(convert_options=text)
+    return ds.dataset(paths, filesystem=where.filesystem, format=fmt)
+
+
+def _shown(file: Source, source: Source) -> str:
     """A file as the user knows it: `NAME.csv`, or `NAME/part.parquet` inside a folder."""
-    return str(file.relative_to(source.parent)) if file != source else source.name
+    where, at = locate(source), locate(file)
+    if at.path == where.path:
+        return where.name
+    return f"{where.name}/{where.relative(at.path)}"
 
 
-def _problem(file: Path) -> str | None:
+def _problem(file: Source) -> str | None:
     """Why `file` cannot be read, when a cheap look finds out (None: it looks fine)."""
     import pyarrow.parquet as pq
 
+    at = locate(file)
     try:
-        if file.suffix == ".csv":
+        if at.suffix == ".csv":
             decoder = codecs.getincrementaldecoder("utf-8")()
-            with file.open("rb") as fh:
+            with at.open_input_stream() as fh:
                 while chunk := fh.read(1 << 20):
                     decoder.decode(chunk)
                 decoder.decode(b"", final=True)
         else:
-            pq.read_metadata(file)
+            pq.read_metadata(at.path, filesystem=at.filesystem)
     except UnicodeDecodeError:
         return "not UTF-8 text"
     except Exception as err:  # any failure to parse is the finding
@@ -152,7 +199,7 @@ def describe(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:300]
 
 
-def unreadable(name: str, source: Path, files: list[Path], err: BaseException) -> ContractError:
+def unreadable(name: str, source: Source, files: list[Source], err: BaseException) -> ContractError:
     """The error for a table whose files a reader failed on, naming the file at fault."""
     for file in files:
         problem = _problem(file)
@@ -160,7 +207,7 @@ def unreadable(name: str, source: Path, files: list[Path], err: BaseException) -
             return ContractError(
                 [Issue(name, None, f"unreadable file {_shown(file, source)}: {problem}")]
             )
-    shown = _shown(files[0], source) if len(files) == 1 else f"{source.name}/"
+    shown = _shown(files[0], source) if len(files) == 1 else f"{locate(source).name}/"
     return ContractError([Issue(name, None, f"unreadable file {shown}: {describe(err)}")])
 
 
@@ -280,10 +327,10 @@ def coerce_frame(df: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, list[Iss
     return pd.DataFrame(out, index=df.index).reset_index(drop=True), issues
 
 
-def load_table(data_dir: Path, name: str) -> LoadedTable | None:
+def load_table(data_dir: DataFolder, name: str) -> LoadedTable | None:
     """Load and coerce one table; None when absent (missing required is the caller's call)."""
     table = TABLES[name]
-    source = find_source(Path(data_dir), name)
+    source = find_source(data_dir, name)
     if source is None:
         return None
     log.info("reading %s from %s", name, source)
@@ -296,20 +343,20 @@ def load_table(data_dir: Path, name: str) -> LoadedTable | None:
     return LoadedTable(table, frame, source, issues)
 
 
-def load_folder(data_dir: Path, strict: bool = True) -> dict[str, LoadedTable]:
-    """Load every contract table present in `data_dir`.
+def load_folder(data_dir: DataFolder, strict: bool = True) -> dict[str, LoadedTable]:
+    """Load every contract table present in `data_dir` (a path, URI or DataLocation).
 
     With `strict`, a missing required table, a missing column or an uncoercible
     value raises ContractError listing every problem found.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    folder = locate(data_dir)
+    if not folder.is_dir():
         raise ContractError([Issue(str(data_dir), None, "data folder does not exist")])
     loaded: dict[str, LoadedTable] = {}
     issues: list[Issue] = []
     for name, table in TABLES.items():
         try:
-            lt = load_table(data_dir, name)
+            lt = load_table(folder, name)
         except ContractError as err:
             issues += err.issues
             continue

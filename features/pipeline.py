@@ -20,9 +20,10 @@ import pandas as pd
 from features.calendar import observed_range, population, snapshot_dates
 from features.commercial import SEATS, commercial_features, commercial_features_meta
 from features.contract import TABLES, Col, T, run_bound
-from features.engine import DuckDBEngine, Engine, duckdb_connection
+from features.engine import DuckDBEngine, Engine, duckdb_connection, spark_events_view
 from features.io import ContractError, Issue, find_source, load_table
 from features.labels import MRR_COLUMN, label_columns, label_frame
+from features.location import DataLocation, Source, locate
 from features.meta import Feature, by_name
 from features.outcomes import outcomes_features, outcomes_features_meta
 from features.rules import frame_issues
@@ -57,17 +58,19 @@ def feature_catalog(params: FeatureParams, tables: set[str]) -> list[Feature]:
 
 
 def _load(
-    data_dir: Path, bound: dt.datetime | None
-) -> tuple[dict[str, pd.DataFrame], Path | None, list[Issue]]:
-    """Every present table except usage events (coerced), the events source, and the issues."""
-    if not Path(data_dir).is_dir():
+    data_dir: DataLocation | Path | str, bound: dt.datetime | None
+) -> tuple[dict[str, pd.DataFrame], Source | None, list[Issue]]:
+    """Every present table except usage events (coerced), the events source (a Path when
+    local, else its DataLocation), and the issues."""
+    folder = locate(data_dir)
+    if not folder.is_dir():
         raise ContractError([Issue(str(data_dir), None, "data folder does not exist")])
     frames: dict[str, pd.DataFrame] = {}
     issues: list[Issue] = []
     for name in (T.ACCOUNTS, T.SUBSCRIPTIONS, T.SUPPORT_TICKETS, T.NPS_RESPONSES, T.OUTCOMES,
                  T.OUTCOME_MEASUREMENTS):  # fmt: skip
         try:
-            lt = load_table(data_dir, name)
+            lt = load_table(folder, name)
         except ContractError as err:  # unreadable or ambiguous: report it with the rest
             issues += err.issues
             continue
@@ -78,7 +81,7 @@ def _load(
         issues += lt.issues or frame_issues(lt.table, lt.frame, bound)
         frames[name] = lt.frame
     try:
-        events = find_source(data_dir, T.USAGE_EVENTS)
+        events = find_source(folder, T.USAGE_EVENTS)
     except ContractError as err:
         return frames, None, issues + err.issues
     if events is None:
@@ -86,16 +89,17 @@ def _load(
     return frames, events, issues
 
 
-def _open_events(
-    con: duckdb.DuckDBPyConnection, source: Path | None, bound: dt.datetime | None
-) -> list[Issue]:
-    """Register view `events` over the usage events and check them; the issues found."""
+def _open_events(sql: Engine, source: Path | None, bound: dt.datetime | None) -> list[Issue]:
+    """Register view `events` over the usage events on `sql` and check them; the issues."""
     if source is None:
         return []
     try:
         with reading_events(source):
-            events_relation(con, source)
-            return events_issues(con, bound)
+            if isinstance(sql, DuckDBEngine):
+                events_relation(sql.con, source)
+            else:  # validated where the features run: the events may not fit one machine
+                spark_events_view(sql, source)  # type: ignore[arg-type]
+            return events_issues(sql, bound)
     except ContractError as err:
         return err.issues
 
@@ -126,7 +130,7 @@ def _timed(label: str, t0: float) -> float:
 
 
 def build_snapshots(
-    data_dir: Path,
+    data_dir: Path | str | DataLocation,
     params: FeatureParams,
     run_date: dt.date | dt.datetime | None = None,
     engine: Engine | None = None,
@@ -135,15 +139,15 @@ def build_snapshots(
 
     Raises ContractError when the data break the contract; with `run_date`, any
     timestamp after it (other than a `future_ok` one) is such a break. The feature SQL
-    runs on `engine` (default: DuckDB); the events are validated by DuckDB either way,
-    within `params.duckdb_memory_limit` (it spills to a temp folder beyond).
+    runs on `engine` (default: DuckDB, within `params.duckdb_memory_limit`, spilling to a
+    temp folder beyond); the events are validated on the same engine.
     """
     with duckdb_connection(params.duckdb_memory_limit) as con:
         return _build(data_dir, params, run_date, engine, con)
 
 
 def _build(
-    data_dir: Path,
+    data_dir: Path | str | DataLocation,
     params: FeatureParams,
     run_date: dt.date | dt.datetime | None,
     engine: Engine | None,
@@ -151,10 +155,11 @@ def _build(
 ) -> SnapshotTable:
     """`build_snapshots` on an open DuckDB connection."""
     t = time.perf_counter()
-    data_dir = Path(data_dir)
+    data_dir = locate(data_dir)  # a path or a URI (file://, s3://, ...)
     bound = run_bound(run_date) if run_date is not None else None
     frames, events_src, issues = _load(data_dir, bound)
-    issues += _open_events(con, events_src, bound)
+    sql = engine if engine is not None else DuckDBEngine(con)
+    issues += _open_events(sql, events_src, bound)
     if issues:
         raise ContractError(issues)
     # Normalised once here: downstream, end_date is always the last day of service.
@@ -162,7 +167,7 @@ def _build(
         frames[T.SUBSCRIPTIONS], params.end_date_convention
     )
     frames = {**frames, T.SUBSCRIPTIONS: to_inclusive(frames[T.SUBSCRIPTIONS], convention)}
-    ev_range = event_time_range(con)
+    ev_range = event_time_range(sql)
     lo, hi = observed_range(frames)
     if ev_range is not None:
         lo, hi = min(lo, ev_range[0]), max(hi, ev_range[1])
@@ -179,7 +184,6 @@ def _build(
     parts = [grid, commercial_features(grid, subs, frames[T.ACCOUNTS])]
     seats = parts[1][SEATS]
     t = _timed("commercial", t)
-    sql = engine if engine is not None else DuckDBEngine(con)
     with reading_events(events_src):  # a part may turn out corrupt only now, when scanned
         parts.append(
             usage_features(events_src, grid, params.windows, params.key_event_types, con=sql)

@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.contract import (
     CONTROL_CHARACTERS,
@@ -49,11 +50,13 @@ from features.io import (
     MAX_EXAMPLES,
     ContractError,
     Issue,
+    arrow_dataset,
     example_values,
     rule_issue,
     source_files,
     unreadable,
 )
+from features.location import DataLocation, Source, as_source, locate
 from features.meta import Family, Feature, Good, last_days
 from features.settings import Windows
 
@@ -132,18 +135,28 @@ def sql_type(kind: Kind) -> str:
     return _SQL_TYPE[kind]
 
 
-def _literal(path: Path) -> str:
+def _literal(path: Path | str) -> str:
     """`path` with DuckDB's glob characters bracketed, so that it names just that file."""
     return re.sub(r"([\[*?])", r"[\1]", str(path))
 
 
-def _register_source(con: duckdb.DuckDBPyConnection, source: Path | pd.DataFrame) -> str:
-    """Register the events source as view `events_src`; paths are bound, never pasted into SQL."""
+def _register_source(con: duckdb.DuckDBPyConnection, source: Source | str | pd.DataFrame) -> str:
+    """Register the events source as view `events_src`; paths are bound, never pasted into SQL.
+
+    Local files go to DuckDB's own readers, given the parts Arrow listed. Files in any
+    other filesystem (an object store) are registered as an Arrow dataset over it:
+    DuckDB scans that lazily, reading only the columns a query needs; nothing is
+    loaded into pandas.
+    """
     if isinstance(source, pd.DataFrame):
         con.register("events_src", source)
         return "events_src"
-    path = Path(source)
-    files = [_literal(f) for f in source_files(T.USAGE_EVENTS, path)]
+    path = as_source(locate(source))
+    found = source_files(T.USAGE_EVENTS, path)
+    if isinstance(path, DataLocation):
+        con.register("events_src", arrow_dataset(path, found))
+        return "events_src"
+    files = [_literal(f) for f in found]
     if path.suffix == ".csv":
         rel = con.read_csv(files[0], all_varchar=True, header=True)
     else:
@@ -227,16 +240,19 @@ def event_rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[st
 
 
 @contextlib.contextmanager
-def reading_events(source: Path | pd.DataFrame) -> Iterator[None]:
-    """Turn DuckDB's failure to read the events files into a ContractError naming the file."""
+def reading_events(source: Source | str | pd.DataFrame) -> Iterator[None]:
+    """Turn DuckDB's (or, for a remote source, Arrow's) failure to read the events files
+    into a ContractError naming the file."""
     try:
         yield
     except (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException):
         raise  # our SQL, not the data
-    except duckdb.Error as err:
+    except (duckdb.Error, pa.ArrowException) as err:
         if isinstance(source, pd.DataFrame):
             raise
-        path = Path(source)
+        path = as_source(locate(source))
+        if not isinstance(err, duckdb.Error) and not isinstance(path, DataLocation):
+            raise  # Arrow reads the files of remote sources only
         raise unreadable(T.USAGE_EVENTS, path, source_files(T.USAGE_EVENTS, path), err) from err
 
 
@@ -245,7 +261,8 @@ def _rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, st
     q = f'"{c.name}"'
     out: list[tuple[str, str, list]] = []
     if c.must_be_finite:
-        out.append((Rule.FINITE, f"NOT isfinite({q})", []))
+        # portable: Spark has no isfinite
+        out.append((Rule.FINITE, f"(isnan({q}) OR abs({q}) = CAST('Infinity' AS DOUBLE))", []))
     if c.identifier:
         out.append((Rule.ID_LENGTH, f"length({q}) > ?", [MAX_ID_LENGTH]))
         out.append((Rule.NO_CONTROL, f"regexp_matches({q}, ?)", [CONTROL_CHARACTERS]))
@@ -254,21 +271,66 @@ def _rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, st
     return out
 
 
-def events_issues(con: duckdb.DuckDBPyConnection, bound: dt.datetime | None) -> list[Issue]:
-    """Value-rule violations in view `events`, in one scan (`bound`: the run date's end)."""
-    rules = [(c, *r) for c in TABLES[T.USAGE_EVENTS].columns for r in _rule_conditions(c, bound)]
-    counts = ", ".join(["count(*)", *[f"count(*) FILTER (WHERE {sql})" for _, _, sql, _ in rules]])
-    params = [p for *_, ps in rules for p in ps]
-    total, *failing = con.execute(f"SELECT {counts} FROM events", params).fetchall()[0]
+def events_issues(
+    con: Engine | duckdb.DuckDBPyConnection, bound: dt.datetime | None
+) -> list[Issue]:
+    """Value-rule violations in view `events` (`bound`: the run date's end).
+
+    One scan groups the events by their identifier columns: a rule on an id (length,
+    control characters) is then evaluated once per distinct value, not once per event
+    (a regex over 100 M events costs more than the whole scan); another counts the
+    other rules. Runs on either engine (`con`).
+    """
+    engine = as_engine(con)
+    table = TABLES[T.USAGE_EVENTS]
+    rules = [(c, rule, _inline(sql, ps)) for c in table.columns
+             for rule, sql, ps in _rule_conditions(c, bound)]  # fmt: skip
+    ids = ", ".join(c.name for c in table.columns if c.identifier)
+    # Two scans: grouped by id (no per-row predicate there: FILTERs slow a grouping down),
+    # and one row of counts for the other rules.
+    engine.view(_EVENT_IDS, f"SELECT {ids}, count(*) AS _n FROM events GROUP BY {ids}")
+    counts = ["count(*)", *[f"count(*) FILTER (WHERE {sql})" if not c.identifier else "0"
+                            for c, _, sql in rules]]  # fmt: skip
+    total, *failing = engine.rows(f"SELECT {', '.join(counts)} FROM events")[0]
     if not total:
         return [rule_issue(T.USAGE_EVENTS, None, Rule.NOT_EMPTY)]
     issues = []
-    for (c, rule, sql, ps), n in zip(rules, failing, strict=True):
-        if n:
-            sample = f'SELECT "{c.name}" FROM events WHERE {sql} LIMIT {MAX_EXAMPLES}'
-            values = [r[0] for r in con.execute(sample, ps).fetchall()]
-            issues.append(rule_issue(T.USAGE_EVENTS, c.name, rule, n, values))
+    for (c, rule, sql), rows in zip(rules, failing, strict=True):
+        if c.identifier:
+            n = f"SELECT sum(_n) FILTER (WHERE {sql}) FROM {_EVENT_IDS}"
+            rows = engine.rows(n)[0][0]
+            sample = f"SELECT DISTINCT {c.name} FROM {_EVENT_IDS} WHERE {sql} LIMIT {MAX_EXAMPLES}"
+        else:
+            sample = f"SELECT {c.name} FROM events WHERE {sql} LIMIT {MAX_EXAMPLES}"
+        if rows:
+            values = [r[0] for r in engine.rows(sample)]
+            issues.append(rule_issue(T.USAGE_EVENTS, c.name, rule, rows, values))
     return issues
+
+
+#: the table of distinct event ids (and rule counts) `events_issues` builds
+_EVENT_IDS = "_event_ids"
+
+
+def _inline(sql: str, params: list) -> str:
+    """`sql` with each `?` replaced by its parameter as an SQL literal (either engine)."""
+    parts = sql.split("?")
+    if len(parts) != len(params) + 1:
+        raise ValueError(f"{len(params)} parameters for {sql!r}")
+    out = [parts[0]]
+    for value, rest in zip(params, parts[1:], strict=True):
+        out += [_literal_sql(value), rest]
+    return "".join(out)
+
+
+def _literal_sql(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"no SQL literal for {value!r}")
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
 
 
 def _conversion_issues(con: duckdb.DuckDBPyConnection, src: str, converted: list) -> list[Issue]:
@@ -294,10 +356,12 @@ def _check_conversions(con: duckdb.DuckDBPyConnection, src: str, converted: list
         raise ContractError(issues)
 
 
-def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """Oldest and newest event time (None when there are no events)."""
+def event_time_range(
+    con: Engine | duckdb.DuckDBPyConnection,
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """Oldest and newest event time in view `events` (None when there are no events)."""
     sql = f"SELECT min({Col.EVENT_TIME}), max({Col.EVENT_TIME}) FROM events"
-    lo, hi = con.sql(sql).fetchall()[0]
+    lo, hi = as_engine(con).rows(sql)[0]
     return None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi))
 
 
@@ -308,6 +372,8 @@ USAGE_RAW = "usage_raw"
 #: the counts USAGE_RAW holds besides account_id, as_of and days_since (NULL: no activity yet)
 RAW_COUNTS = ("au_short", "au_medium", "au_long", "key_medium", "types_medium",
               "ev_medium", "ev_prev", "ud_medium", "ud_prev", "days_medium")  # fmt: skip
+#: the longest bucket in days: a bucket's active days are the bits of one signed BIGINT
+MAX_BUCKET_DAYS = 62
 
 
 def usage_frames(
@@ -318,70 +384,97 @@ def usage_frames(
     """The small frames the usage steps read, by name: the grid, the bucket map, the key types.
 
     BUCKET_SRC maps each day from the first to the last event day (`event_range`, as
-    `event_time_range` gives it) to its bucket's end, the first as_of of the grid after
-    it; days on or after the last as_of have no bucket and are left out.
+    `event_time_range` gives it) to its bucket: `bucket_end`, the first as_of of the grid
+    after it, or an earlier edge that cuts a longer gap into buckets of at most
+    MAX_BUCKET_DAYS days (`end_day`: the same as days since 1970-01-01); and `bit`,
+    2 ** (days from the day to the bucket's last day).
+    Days on or after the last as_of have no bucket and are left out.
     """
     g = grid[[Col.ACCOUNT_ID, Col.AS_OF]]
-    ends = np.asarray(sorted(g[Col.AS_OF].unique()), dtype="datetime64[us]")
+    ends = np.asarray(sorted(g[Col.AS_OF].unique()), dtype="datetime64[D]")
     days = pd.date_range(event_range[0].normalize(), event_range[1].normalize(), freq="D")
-    pos = np.searchsorted(ends, days.values.astype("datetime64[us]"), side="right")
+    day = days.values.astype("datetime64[D]")
+    pos = np.searchsorted(ends, day, side="right")
     keep = pos < ends.size
+    day, end = day[keep], ends[pos[keep]]
+    # A day `gap` days before its as_of lies in the piece ending (gap // MAX) * MAX earlier.
+    gap = (end - day).astype("int64") - 1
+    end = end - (gap // MAX_BUCKET_DAYS) * MAX_BUCKET_DAYS
+    offset = (end - day).astype("int64") - 1
+    buckets = pd.DataFrame({"day": day.astype("datetime64[us]"),
+                            "bucket_end": end.astype("datetime64[us]"),
+                            "end_day": end.astype("int64"),  # days since 1970-01-01
+                            "bit": np.left_shift(np.int64(1), offset)})  # fmt: skip
     return {
         GRID_SRC: g,
-        BUCKET_SRC: pd.DataFrame({"day": days[keep], "bucket_end": ends[pos[keep]]}),
+        BUCKET_SRC: buckets,
         KEY_TYPES: pd.DataFrame({"t": pd.Series(list(key_event_types), dtype="str")}),
     }
 
 
+def _days_from(start_day: str, mask: str, end_day: str) -> str:
+    """SQL: how many active days of bucket `mask` (ending at `end_day`) are >= `start_day`.
+
+    Bit k of a mask is the day k days before the bucket's last day, so the days on or
+    after `start_day` are its lowest `end_day - start_day` bits. Days are integers (days
+    since 1970-01-01): integer arithmetic on tens of millions of rows, not date_diff.
+    """
+    width = f"least(greatest({end_day} - ({start_day}), 0), {MAX_BUCKET_DAYS})"
+    return f"bit_count({mask} & ((CAST(1 AS BIGINT) << {width}) - 1))"
+
+
 # Portable SQL: every step is one SELECT that sqlglot transpiles from DuckDB to Spark
 # (`sqlglot.transpile(sql, read="duckdb", write="spark")`): no ASOF join, GROUP BY ALL,
-# `::` cast or USING join; FILTER clauses, bool_or and an uncorrelated IN subquery are
-# valid Spark SQL as they are. Dates move by whole days as DATE - INTEGER (a DATE in
-# both engines, where DATE - INTERVAL is a TIMESTAMP in DuckDB); days between two dates
-# are date_diff('day', start, end) (Spark: DATEDIFF(DAY, start, end)). Spark must run
-# in UTC, as here, for CAST(event_time AS DATE) to give the same days.
+# `::` cast or USING join; FILTER clauses, bit_or, bit_count, `<<` (Spark: shiftleft) and
+# an uncorrelated IN subquery are valid in both. Dates move by whole days as
+# DATE - INTEGER (a DATE in both engines, where DATE - INTERVAL is a TIMESTAMP in DuckDB);
+# days between two dates are date_diff('day', start, end) (Spark: DATEDIFF(DAY, start,
+# end)). Spark must run in UTC, as here, for CAST(event_time AS DATE) to give the same days.
+#
+# Cost: the events are scanned three times, each into a small table: per account, user
+# and bucket (the bits of the days active in it), per account and day (events) and per
+# account, event type and bucket. No table is per user *and* day: on product analytics
+# data that is nearly as many rows as there are events.
 _STEPS: tuple[tuple[str, str], ...] = (
-    ("grid", f"SELECT account_id, CAST(as_of AS DATE) AS as_of FROM {GRID_SRC}"),
     (
-        "bucket_of",
-        "SELECT CAST(day AS DATE) AS day, CAST(bucket_end AS DATE) AS bucket_end "
-        f"FROM {BUCKET_SRC}",
+        "grid",
+        "SELECT account_id, CAST(as_of AS DATE) AS as_of, "
+        f"date_diff('day', DATE '1970-01-01', CAST(as_of AS DATE)) AS as_of_day FROM {GRID_SRC}",
     ),
     (
-        "user_day",
+        "bucket_of",
+        "SELECT CAST(day AS DATE) AS day, CAST(bucket_end AS DATE) AS bucket_end, "
+        f"CAST(end_day AS BIGINT) AS end_day, CAST(bit AS BIGINT) AS bit FROM {BUCKET_SRC}",
+    ),
+    (
+        "user_bucket",
         f"""
-SELECT account_id, user_id, CAST(event_time AS DATE) AS day, count(*) AS n,
-       bool_or(event_type IN (SELECT t FROM {KEY_TYPES})) AS key_used
-FROM events WHERE event_time < (SELECT CAST(max(as_of) AS TIMESTAMP) FROM grid)
-GROUP BY account_id, user_id, CAST(event_time AS DATE)""",
+SELECT e.account_id, e.user_id, b.bucket_end, max(b.end_day) AS end_day,
+       max(b.day) AS last_day,
+       max(b.day) FILTER (WHERE e.event_type IN (SELECT t FROM {KEY_TYPES})) AS last_key_day,
+       bit_or(b.bit) AS days
+FROM events e JOIN bucket_of b ON b.day = CAST(e.event_time AS DATE)
+GROUP BY e.account_id, e.user_id, b.bucket_end""",
     ),
     (
         "account_day",
         """
-SELECT account_id, day, sum(n) AS n, count(*) AS users
-FROM user_day GROUP BY account_id, day""",
-    ),
-    (
-        "user_bucket",
-        """
-SELECT u.account_id, u.user_id, b.bucket_end, max(u.day) AS last_day,
-       max(u.day) FILTER (WHERE u.key_used) AS last_key_day
-FROM user_day u JOIN bucket_of b ON b.day = u.day
-GROUP BY u.account_id, u.user_id, b.bucket_end""",
+SELECT account_id, CAST(event_time AS DATE) AS day, count(*) AS n
+FROM events WHERE event_time < (SELECT CAST(max(as_of) AS TIMESTAMP) FROM grid)
+GROUP BY account_id, CAST(event_time AS DATE)""",
     ),
     (
         "type_bucket",
         """
-SELECT e.account_id, e.event_type, b.bucket_end, max(CAST(e.event_time AS DATE)) AS last_day
+SELECT e.account_id, e.event_type, b.bucket_end, max(b.day) AS last_day
 FROM events e JOIN bucket_of b ON b.day = CAST(e.event_time AS DATE)
 GROUP BY e.account_id, e.event_type, b.bucket_end""",
     ),
     (
         "account_bucket",
         """
-SELECT d.account_id, b.bucket_end, max(d.day) AS last_day
-FROM account_day d JOIN bucket_of b ON b.day = d.day
-GROUP BY d.account_id, b.bucket_end""",
+SELECT account_id, bucket_end, max(last_day) AS last_day
+FROM user_bucket GROUP BY account_id, bucket_end""",
     ),
     (
         USAGE_RAW,
@@ -400,6 +493,13 @@ WITH users AS (
     count(*) FILTER (WHERE last_day >= as_of - {long}) AS au_long,
     count(*) FILTER (WHERE last_key_day >= as_of - {medium}) AS key_medium
   FROM users GROUP BY account_id, as_of
+), user_days AS (
+  SELECT g.account_id, g.as_of, sum({ud_medium}) AS ud_medium,
+         sum({ud_medium2}) - sum({ud_medium}) AS ud_prev
+  FROM grid g JOIN user_bucket ub
+    ON ub.account_id = g.account_id AND ub.bucket_end <= g.as_of
+   AND ub.bucket_end > g.as_of - {medium2}
+  GROUP BY g.account_id, g.as_of
 ), types AS (
   SELECT g.account_id, g.as_of, count(DISTINCT tb.event_type) AS types_medium
   FROM grid g JOIN type_bucket tb
@@ -411,8 +511,6 @@ WITH users AS (
   SELECT g.account_id, g.as_of,
     coalesce(sum(d.n) FILTER (WHERE d.day >= g.as_of - {medium}), 0) AS ev_medium,
     coalesce(sum(d.n) FILTER (WHERE d.day < g.as_of - {medium}), 0) AS ev_prev,
-    coalesce(sum(d.users) FILTER (WHERE d.day >= g.as_of - {medium}), 0) AS ud_medium,
-    coalesce(sum(d.users) FILTER (WHERE d.day < g.as_of - {medium}), 0) AS ud_prev,
     count(*) FILTER (WHERE d.day >= g.as_of - {medium}) AS days_medium
   FROM grid g JOIN account_day d
     ON d.account_id = g.account_id AND d.day < g.as_of
@@ -429,11 +527,12 @@ SELECT g.account_id, g.as_of,
   coalesce(uc.au_long, 0) AS au_long, coalesce(uc.key_medium, 0) AS key_medium,
   coalesce(t.types_medium, 0) AS types_medium,
   coalesce(d.ev_medium, 0) AS ev_medium, coalesce(d.ev_prev, 0) AS ev_prev,
-  coalesce(d.ud_medium, 0) AS ud_medium, coalesce(d.ud_prev, 0) AS ud_prev,
+  coalesce(ud.ud_medium, 0) AS ud_medium, coalesce(ud.ud_prev, 0) AS ud_prev,
   coalesce(d.days_medium, 0) AS days_medium,
   date_diff('day', ls.last_day, g.as_of) AS days_since
 FROM grid g
 LEFT JOIN user_counts uc ON uc.account_id = g.account_id AND uc.as_of = g.as_of
+LEFT JOIN user_days ud ON ud.account_id = g.account_id AND ud.as_of = g.as_of
 LEFT JOIN types t ON t.account_id = g.account_id AND t.as_of = g.as_of
 LEFT JOIN days d ON d.account_id = g.account_id AND d.as_of = g.as_of
 LEFT JOIN last_seen ls ON ls.account_id = g.account_id AND ls.as_of = g.as_of""",
@@ -448,7 +547,12 @@ def usage_steps(w: Windows) -> list[tuple[str, str]]:
     the last one is USAGE_RAW. DuckDB materialises each as a temp table
     (`_materialise`); Spark can run the same SELECTs, transpiled, as cached temp views.
     """
-    sizes = {**w.model_dump(), "medium2": 2 * w.medium}
+    m = w.medium
+    sizes = {
+        **w.model_dump(), "medium2": 2 * m,
+        "ud_medium": _days_from(f"g.as_of_day - {m}", "ub.days", "ub.end_day"),
+        "ud_medium2": _days_from(f"g.as_of_day - {2 * m}", "ub.days", "ub.end_day"),
+    }  # fmt: skip
     return [(name, sql.format(**sizes)) for name, sql in _STEPS]
 
 
@@ -471,13 +575,10 @@ def usage_features(
     """
     engine = as_engine(con)
     if isinstance(engine, DuckDBEngine):
-        engine.con.execute("SET TimeZone = 'UTC'")
         events_relation(engine.con, source)
-        event_range = event_time_range(engine.con)
     else:
         spark_events_view(engine, source)  # type: ignore[arg-type]
-        lo, hi = engine.rows(f"SELECT min({Col.EVENT_TIME}), max({Col.EVENT_TIME}) FROM events")[0]
-        event_range = None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi))
+    event_range = event_time_range(engine)
     g = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
     if event_range is None:
         raw = g.assign(**dict.fromkeys(RAW_COUNTS, 0), days_since=np.nan)

@@ -8,8 +8,10 @@ import math
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.contract import Col
@@ -17,6 +19,9 @@ from serving.predictor import Scorer
 from serving.store import ScoreStore, as_date
 
 log = logging.getLogger(__name__)
+
+#: the scoring rows -> the calibrated probability per target, aligned to the rows (Spark)
+Probabilities = Callable[[pd.DataFrame], Mapping[str, np.ndarray]]
 
 
 def newest_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -76,8 +81,13 @@ def score_latest(
     scored_at: dt.datetime | None = None,
     as_of: dt.date | None = None,
     backfill: bool | None = None,
+    probabilities: Probabilities | None = None,
 ) -> dict[str, Any]:
     """Score the newest snapshot (or the one at `as_of`), append it to the store; a summary.
+
+    `probabilities`: computes the probabilities of the rows to score elsewhere (on Spark:
+    `serving.spark_scoring.spark_probabilities`); `Scorer.score_batch` uses them and still
+    explains each score on this machine with the same model versions.
 
     `scored_at` defaults to the time the store commits the run (after concurrent runs).
     A run at an `as_of` earlier than the served run's is a *backfill* run: history for
@@ -88,7 +98,8 @@ def score_latest(
     asked = as_of is not None  # only a date asked for may be a backfill (not other data)
     rows = rows_on(frame, as_of)
     log.info("scoring %d accounts at %s", len(rows), rows[Col.AS_OF].iloc[0])
-    batch = scorer.score_batch(rows)
+    given = probabilities(rows) if probabilities is not None else None
+    batch = scorer.score_batch(rows, probabilities=given)
     items = batch.items
     as_of = pd.Timestamp(rows[Col.AS_OF].iloc[0]).date()
     served = store.latest_run()

@@ -7,8 +7,9 @@ the store keeps. Nothing here re-implements preprocessing.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,13 @@ from serving.explanations import (
 )
 from serving.health import band, component_points, health_score
 from serving.settings import ExplainParams, HealthParams
-from training.explain import contributions
+from training.explain import Contributions, contributions
 from training.model import HealthModel
+
+log = logging.getLogger(__name__)
+
+#: given probabilities further than this from the local models' are logged (another version?)
+PROBABILITY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -109,23 +115,42 @@ class Scorer:
         flagged = [[names[j] for j in np.flatnonzero(r)] for r in missing]
         return out, flagged
 
-    def score(self, rows: pd.DataFrame, peers: PeerTable | None = None) -> list[dict[str, Any]]:
+    def score(
+        self,
+        rows: pd.DataFrame,
+        peers: PeerTable | None = None,
+        probabilities: Mapping[str, np.ndarray] | None = None,
+    ) -> list[dict[str, Any]]:
         """Score rows holding account_id, as_of and (some of) the feature columns.
 
-        `peers`: the table reasons compare with (default: computed from `rows`).
+        `peers`: the table reasons compare with (default: computed from `rows`);
+        `probabilities`: see `score_batch`.
         """
-        return self.score_batch(rows, peers).items
+        return self.score_batch(rows, peers, probabilities).items
 
-    def score_batch(self, rows: pd.DataFrame, peers: PeerTable | None = None) -> ScoredBatch:
-        """`score`, also returning the peer table used (the batch's own by default)."""
+    def score_batch(
+        self,
+        rows: pd.DataFrame,
+        peers: PeerTable | None = None,
+        probabilities: Mapping[str, np.ndarray] | None = None,
+    ) -> ScoredBatch:
+        """`score`, also returning the peer table used (the batch's own by default).
+
+        `probabilities`: per target name (`churn`, `expansion`) the calibrated probability
+        of each row, in `rows`' order, computed elsewhere by the same model versions (on
+        Spark: `serving.spark_scoring`). They replace the local models' probabilities, and
+        health and bands follow from them; the explanations (reasons, components, context,
+        plays) are still computed here, on the driver, from the local models'
+        contributions. A probability further than `PROBABILITY_TOLERANCE` from the local
+        model's is logged as a warning (explanations of another model version).
+        """
         if len(rows) == 0:
             return ScoredBatch([], peers or {})
         rows, missing = self.complete(rows.reset_index(drop=True))
         m, hp, ep = self.models, self.health, self.explain
         churn = contributions(m.churn, rows)
         expansion = contributions(m.expansion, rows)
-        p_churn = np.clip(m.churn.calibrator(churn.raw_score), 0.0, 1.0)
-        p_exp = np.clip(m.expansion.calibrator(expansion.raw_score), 0.0, 1.0)
+        p_churn, p_exp = self._probabilities([churn, expansion], probabilities)
         health = health_score(p_churn, hp)
         bands = band(health, hp)
         fams, sums = churn.family_sums()
@@ -160,6 +185,25 @@ class Scorer:
                 "missing_features": missing[i],
             })  # fmt: skip
         return ScoredBatch(out, peers)
+
+    def _probabilities(
+        self, contribs: Sequence[Contributions], given: Mapping[str, np.ndarray] | None
+    ) -> list[np.ndarray]:
+        """Calibrated probability per target (churn first): the local models', or `given`."""
+        out = []
+        for (target, model, version), c in zip(self.models.by_target(), contribs, strict=True):
+            local = np.clip(model.calibrator(c.raw_score), 0.0, 1.0)
+            if given is None:
+                out.append(local)
+                continue
+            p = _checked(given, target, len(local))
+            off = int(np.sum(np.abs(p - local) > PROBABILITY_TOLERANCE))
+            if off:
+                log.warning("%d of %d given %s probabilities differ from %s v%s's by more than "
+                            "%g: the explanations may not match the scores", off, len(p),
+                            target, target, version, PROBABILITY_TOLERANCE)  # fmt: skip
+            out.append(p)
+        return out
 
     def describe_changes(
         self,
@@ -203,6 +247,18 @@ class Scorer:
     def base_health(self) -> float:
         """Health of an account at the churn model's average score."""
         return self._base_health
+
+
+def _checked(given: Mapping[str, np.ndarray], target: str, n: int) -> np.ndarray:
+    """`given[target]` as n probabilities in [0, 1]; ValueError otherwise."""
+    if target not in given:
+        raise ValueError(f"no {target} probabilities given (have: {', '.join(given) or 'none'})")
+    p = np.asarray(given[target], dtype=float)
+    if p.shape != (n,):
+        raise ValueError(f"{target} probabilities: shape {p.shape}, expected ({n},) (one per row)")
+    if not np.all((p >= 0.0) & (p <= 1.0)):  # NaN fails too
+        raise ValueError(f"{target} probabilities: missing or outside [0, 1]")
+    return p
 
 
 def _text(value: Any) -> str | None:

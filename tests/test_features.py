@@ -832,3 +832,36 @@ def test_usage_sql_steps_stay_portable() -> None:
         assert not re.search(r"[{}]", sql), (name, "unformatted placeholder")
     # the windows are in the SQL: 40 days back for distinct users, 2 x 10 for the trend
     assert " - 40" in steps[-1][1] and " - 20" in steps[-1][1]
+
+
+def bad_events_data(out: Path) -> Path:
+    """The hand-built data with events breaking each value rule the feature stage checks."""
+    frames = hb.tables()
+    ev = frames[T.USAGE_EVENTS]
+    ev.loc[ev.index[0], Col.USER_ID] = "u\x07bell"  # control character
+    ev.loc[ev.index[[1, 2]], Col.ACCOUNT_ID] = "A" * 200  # too long (two rows, one id)
+    ev.loc[ev.index[3], Col.QUANTITY] = float("-inf")
+    ev.loc[ev.index[4], Col.QUANTITY] = float("inf")
+    ev.loc[ev.index[5], Col.EVENT_TIME] = pd.Timestamp("2031-05-01 10:00")
+    return hb.write(frames, out)
+
+
+#: what `build_snapshots(bad_events_data(...), run_date=2030-01-01)` reports about the events
+BAD_EVENT_ISSUES = [
+    "usage_events.account_id: fails 'at most 128 characters' (2 rows)",
+    "usage_events.user_id: fails 'no control characters' (1 rows) e.g. u\\x07bell",
+    "usage_events.event_time: fails 'not after run date 2030-01-01 23:59:59' (1 rows)",
+    "usage_events.quantity: fails 'finite' (2 rows)",
+]
+
+
+def test_event_value_rules_are_checked_once_per_distinct_id(tmp_path: Path) -> None:
+    """Id rules run on distinct ids but count rows; every broken rule is named, with rows."""
+    from features.io import ContractError
+
+    with pytest.raises(ContractError) as err:
+        build_snapshots(bad_events_data(tmp_path / "raw"), hb.PARAMS, dt.date(2030, 1, 1))
+    text = str(err.value)
+    for line in BAD_EVENT_ISSUES:
+        assert line in text, text
+    assert text.count("usage_events") == len(BAD_EVENT_ISSUES), text

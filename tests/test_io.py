@@ -126,6 +126,21 @@ def test_missing_required_table_and_ambiguous_source(generated_dir: Path, tmp_pa
     assert load_folder(tmp_path, strict=False)[T.SUPPORT_TICKETS].issues == []
 
 
+def test_local_sources_are_paths_whatever_the_folder_was_given_as(
+    generated_dir: Path,
+) -> None:
+    """A path, its text or its file:// URI: the same tables, and sources as Paths."""
+    by_path = load_folder(generated_dir)
+    for given in (str(generated_dir), generated_dir.as_uri()):
+        source = find_source(given, T.USAGE_EVENTS)
+        assert isinstance(source, Path) and source == generated_dir / "usage_events.parquet"
+        loaded = load_folder(given)
+        assert sorted(loaded) == sorted(by_path)
+        for name, lt in loaded.items():
+            assert lt.source == by_path[name].source and isinstance(lt.source, Path)
+            pd.testing.assert_frame_equal(lt.frame, by_path[name].frame, obj=name)
+
+
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="does not exist"):
         load_folder(tmp_path / "nope")

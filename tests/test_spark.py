@@ -139,3 +139,18 @@ def test_empty_frames_register_with_a_schema(spark: SparkEngine) -> None:
     types = dict(spark.spark.table("empty_t").dtypes)
     assert types == {"t": "string", "x": "double", "at": "timestamp_ntz"}
     spark.unregister("empty_t")
+
+
+def test_event_rules_are_checked_on_spark_as_on_duckdb(spark: SparkEngine, tmp_path: Path) -> None:
+    """Events are validated where the features run: the same issues, rows and examples."""
+    from features.io import ContractError
+    from tests.test_features import BAD_EVENT_ISSUES, bad_events_data
+
+    data = bad_events_data(tmp_path / "raw")
+    texts = []
+    for engine in (None, spark):
+        with pytest.raises(ContractError) as err:
+            build_snapshots(data, hb.PARAMS, dt.date(2030, 1, 1), engine=engine)
+        texts.append(str(err.value))
+    assert texts[0] == texts[1]
+    assert all(line in texts[1] for line in BAD_EVENT_ISSUES), texts[1]
