@@ -102,8 +102,10 @@ def main() -> None:
         run_measured([cli, "-q", "generate", "--out", str(base_raw), "--accounts", str(accounts),
                       "--months", str(args.months), "--truth", str(Path(tmp) / "t.parquet"),
                       "--truth-samples", "5"])  # fmt: skip
+        base_events = _count_events(base_raw)
         for millions in sizes:
-            copies = max(1, round(millions / sizes[0]))
+            # from the events simulated (their number per account varies with the sample)
+            copies = max(1, round(millions * 1e6 / base_events))
             raw = base_raw if copies == 1 else Path(tmp) / f"x{copies}"
             if copies > 1:
                 scaled_copy(base_raw, raw, copies)

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import duckdb
 import pandas as pd
 
-from features.contract import TABLES, Kind, T
+from features.contract import TABLES, Column, Kind, T
+from features.io import MAX_EXAMPLES, ContractError, Issue, example_values
 from features.location import Source, locate
 
 if TYPE_CHECKING:
@@ -240,9 +241,8 @@ def spark_events_view(engine: SparkEngine, source: Source | str | pd.DataFrame) 
     The file or folder goes to Spark as a URI (`DataLocation.spark_uri`: `file:///...`,
     `s3a://...`, `gs://...`, `abfss://...`, `hdfs://...`), read by the cluster's own
     Hadoop filesystems; a folder is handed over whole (partitioned Parquet is discovered
-    by Spark, never listed here); a CSV is read as text and cast. Values were validated
-    before (DuckDB reads the same files in `cshealth check` / `features`), so casts here
-    do not fail.
+    by Spark, never listed here); a CSV is read as text and cast. A missing column or a
+    value its cast cannot convert is a ContractError, worded as on DuckDB.
     """
     spark = engine.spark
     if isinstance(source, pd.DataFrame):
@@ -252,17 +252,42 @@ def spark_events_view(engine: SparkEngine, source: Source | str | pd.DataFrame) 
     else:
         df = spark.read.parquet(where.spark_uri)
     df.createOrReplaceTempView("events_src")
-    have = set(df.columns)
-    select = []
+    types = dict(df.dtypes)  # column -> Spark's type name ("string", "timestamp_ntz", ...)
+    select, converted, missing = [], [], []
     for c in TABLES[T.USAGE_EVENTS].columns:
         kind = _SPARK_TYPE[c.kind]
-        if c.name not in have:
-            select.append(f"CAST({c.default!r} AS {kind}) AS `{c.name}`")
-        elif c.kind == Kind.TIMESTAMP:  # text with an offset: converted to UTC, not cut
-            select.append(f"CAST(CAST(`{c.name}` AS TIMESTAMP) AS {kind}) AS `{c.name}`")
-        else:
-            select.append(f"CAST(`{c.name}` AS {kind}) AS `{c.name}`")
+        if c.name not in types:
+            if c.default is None:
+                missing.append(c.name)
+            else:
+                select.append(f"CAST({c.default!r} AS {kind}) AS `{c.name}`")
+            continue
+        expr = f"TRY_CAST(`{c.name}` AS {kind})"
+        if c.kind == Kind.TIMESTAMP:  # text with an offset: converted to UTC, not cut
+            expr = f"CAST(TRY_CAST(`{c.name}` AS TIMESTAMP) AS {kind})"
+        if types[c.name] != kind.lower():
+            converted.append((c, expr))
+        select.append(f"{expr} AS `{c.name}`")
+    if missing:
+        raise ContractError([Issue(T.USAGE_EVENTS, m, "missing column") for m in missing])
+    _raise_unconverted(spark, converted)
     spark.sql(f"SELECT {', '.join(select)} FROM events_src").createOrReplaceTempView("events")
+
+
+def _raise_unconverted(spark: SparkSession, converted: list[tuple[Column, str]]) -> None:
+    """Values a cast turns into null are contract violations (as on DuckDB): raise them."""
+    issues = []
+    for c, expr in converted:  # only columns whose source type differs: one scan each
+        bad = f"`{c.name}` IS NOT NULL AND {expr} IS NULL"
+        n = spark.sql(f"SELECT count(*) FROM events_src WHERE {bad}").collect()[0][0]
+        if n:
+            rows = spark.sql(f"SELECT `{c.name}` FROM events_src WHERE {bad} LIMIT {MAX_EXAMPLES}")
+            examples = example_values(r[0] for r in rows.collect())
+            issues.append(
+                Issue(T.USAGE_EVENTS, c.name, f"not coercible to {c.kind.value}", n, examples)
+            )
+    if issues:
+        raise ContractError(issues)
 
 
 def as_engine(con: Engine | duckdb.DuckDBPyConnection | None) -> Engine:

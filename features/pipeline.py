@@ -33,8 +33,8 @@ from features.snapshots import DESCRIPTOR_COLUMNS, KEY_COLUMNS, SnapshotTable
 from features.subscriptions import resolve_end_date_convention, to_inclusive
 from features.support import support_features, support_features_meta
 from features.usage import (
-    event_time_range,
-    events_issues,
+    EventsChecked,
+    check_events,
     events_relation,
     reading_events,
     usage_features,
@@ -89,19 +89,19 @@ def _load(
     return frames, events, issues
 
 
-def _open_events(sql: Engine, source: Path | None, bound: dt.datetime | None) -> list[Issue]:
-    """Register view `events` over the usage events on `sql` and check them; the issues."""
+def _open_events(sql: Engine, source: Source | None, bound: dt.datetime | None) -> EventsChecked:
+    """Register view `events` over the usage events on `sql` and check them."""
     if source is None:
-        return []
+        return EventsChecked([], None)
     try:
         with reading_events(source):
             if isinstance(sql, DuckDBEngine):
                 events_relation(sql.con, source)
             else:  # validated where the features run: the events may not fit one machine
                 spark_events_view(sql, source)  # type: ignore[arg-type]
-            return events_issues(sql, bound)
+            return check_events(sql, bound)
     except ContractError as err:
-        return err.issues
+        return EventsChecked(err.issues, None)
 
 
 def descriptors(grid: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +159,8 @@ def _build(
     bound = run_bound(run_date) if run_date is not None else None
     frames, events_src, issues = _load(data_dir, bound)
     sql = engine if engine is not None else DuckDBEngine(con)
-    issues += _open_events(sql, events_src, bound)
+    checked = _open_events(sql, events_src, bound)
+    issues += checked.issues
     if issues:
         raise ContractError(issues)
     # Normalised once here: downstream, end_date is always the last day of service.
@@ -167,7 +168,7 @@ def _build(
         frames[T.SUBSCRIPTIONS], params.end_date_convention
     )
     frames = {**frames, T.SUBSCRIPTIONS: to_inclusive(frames[T.SUBSCRIPTIONS], convention)}
-    ev_range = event_time_range(sql)
+    ev_range = checked.time_range
     lo, hi = observed_range(frames)
     if ev_range is not None:
         lo, hi = min(lo, ev_range[0]), max(hi, ev_range[1])
@@ -185,9 +186,10 @@ def _build(
     seats = parts[1][SEATS]
     t = _timed("commercial", t)
     with reading_events(events_src):  # a part may turn out corrupt only now, when scanned
-        parts.append(
-            usage_features(events_src, grid, params.windows, params.key_event_types, con=sql)
+        usage = usage_features(
+            events_src, grid, params.windows, params.key_event_types, con=sql, event_range=ev_range
         )
+        parts.append(usage)
     t = _timed(f"usage ({sql.name})", t)
     if T.SUPPORT_TICKETS in frames:
         parts.append(

@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -232,7 +233,7 @@ def events_relation_reported(
 
 
 def event_rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, str, list]]:
-    """(rule, SQL condition of a violation, parameters) per value rule of `events_issues`.
+    """(rule, SQL condition of a violation, parameters) per value rule of `check_events`.
 
     Shared with `cshealth check`, which adds the not-null, allowed-value and range rules.
     """
@@ -271,10 +272,18 @@ def _rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, st
     return out
 
 
-def events_issues(
+@dataclass(frozen=True)
+class EventsChecked:
+    """What `check_events` found: the value-rule violations and the events' time range."""
+
+    issues: list[Issue]
+    time_range: tuple[pd.Timestamp, pd.Timestamp] | None  # None: no events
+
+
+def check_events(
     con: Engine | duckdb.DuckDBPyConnection, bound: dt.datetime | None
-) -> list[Issue]:
-    """Value-rule violations in view `events` (`bound`: the run date's end).
+) -> EventsChecked:
+    """Value-rule violations in view `events` (`bound`: the run date's end), time range.
 
     One scan groups the events by their identifier columns: a rule on an id (length,
     control characters) is then evaluated once per distinct value, not once per event
@@ -289,11 +298,12 @@ def events_issues(
     # Two scans: grouped by id (no per-row predicate there: FILTERs slow a grouping down),
     # and one row of counts for the other rules.
     engine.view(_EVENT_IDS, f"SELECT {ids}, count(*) AS _n FROM events GROUP BY {ids}")
-    counts = ["count(*)", *[f"count(*) FILTER (WHERE {sql})" if not c.identifier else "0"
-                            for c, _, sql in rules]]  # fmt: skip
-    total, *failing = engine.rows(f"SELECT {', '.join(counts)} FROM events")[0]
+    counts = [f"min({Col.EVENT_TIME})", f"max({Col.EVENT_TIME})", "count(*)",
+              *[f"count(*) FILTER (WHERE {sql})" if not c.identifier else "0"
+                for c, _, sql in rules]]  # fmt: skip
+    lo, hi, total, *failing = engine.rows(f"SELECT {', '.join(counts)} FROM events")[0]
     if not total:
-        return [rule_issue(T.USAGE_EVENTS, None, Rule.NOT_EMPTY)]
+        return EventsChecked([rule_issue(T.USAGE_EVENTS, None, Rule.NOT_EMPTY)], None)
     issues = []
     for (c, rule, sql), rows in zip(rules, failing, strict=True):
         if c.identifier:
@@ -305,10 +315,10 @@ def events_issues(
         if rows:
             values = [r[0] for r in engine.rows(sample)]
             issues.append(rule_issue(T.USAGE_EVENTS, c.name, rule, rows, values))
-    return issues
+    return EventsChecked(issues, None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi)))
 
 
-#: the table of distinct event ids (and rule counts) `events_issues` builds
+#: the table of distinct event ids (and their rows) `check_events` builds
 _EVENT_IDS = "_event_ids"
 
 
@@ -566,19 +576,22 @@ def usage_features(
     windows: Windows,
     key_event_types: tuple[str, ...] = (),
     con: Engine | duckdb.DuckDBPyConnection | None = None,
+    event_range: tuple[pd.Timestamp, pd.Timestamp] | None = None,
 ) -> pd.DataFrame:
     """Usage features for each (account_id, as_of) of `grid`, aligned with its rows.
 
     `source` is the usage_events Parquet file / folder / CSV, or a DataFrame. Only
     events strictly before each row's `as_of` count. Runs on `con`: a DuckDB
     connection or an engine (`features.engine`; None: a private DuckDB connection).
+    `event_range`: the events' time range when known (`check_events`), saving a scan.
     """
     engine = as_engine(con)
     if isinstance(engine, DuckDBEngine):
         events_relation(engine.con, source)
     else:
         spark_events_view(engine, source)  # type: ignore[arg-type]
-    event_range = event_time_range(engine)
+    if event_range is None:
+        event_range = event_time_range(engine)
     g = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
     if event_range is None:
         raw = g.assign(**dict.fromkeys(RAW_COUNTS, 0), days_since=np.nan)

@@ -154,3 +154,31 @@ def test_event_rules_are_checked_on_spark_as_on_duckdb(spark: SparkEngine, tmp_p
         texts.append(str(err.value))
     assert texts[0] == texts[1]
     assert all(line in texts[1] for line in BAD_EVENT_ISSUES), texts[1]
+
+
+def test_uncoercible_and_missing_event_columns_are_named_on_spark(
+    spark: SparkEngine, tmp_path: Path
+) -> None:
+    """CSV events Spark cannot cast, or without a required column: DuckDB's error, word for word."""
+    from features.contract import Col, T
+    from features.io import ContractError
+
+    frames = hb.tables()
+    events = frames.pop(T.USAGE_EVENTS).astype({Col.EVENT_TIME: "str"})
+    events[Col.QUANTITY] = "1"
+    events.loc[events.index[2], Col.EVENT_TIME] = "not a date"
+    events.loc[events.index[3], Col.QUANTITY] = "lots"
+    data = hb.write(frames, tmp_path / "bad")
+    said = []
+    for broken in (events, events.drop(columns=[Col.USER_ID])):
+        broken.to_csv(data / f"{T.USAGE_EVENTS}.csv", index=False)
+        texts = []
+        for engine in (None, spark):
+            with pytest.raises(ContractError) as err:
+                build_snapshots(data, hb.PARAMS, engine=engine)
+            texts.append(str(err.value))
+        assert texts[0] == texts[1]
+        said.append(texts[1])
+    assert "usage_events.event_time: not coercible to timestamp (1 rows) e.g. not a date" in said[0]
+    assert "usage_events.quantity: not coercible to float (1 rows) e.g. lots" in said[0]
+    assert "usage_events.user_id: missing column" in said[1]
