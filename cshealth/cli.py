@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import importlib
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,10 +147,6 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> int:
     # Taken here, not in the pipeline: feature functions get explicit dates, never now().
     run_date = args.run_date or dt.datetime.now(dt.UTC).date()
     t0 = time.perf_counter()
-    # Great Expectations (the snapshot suite, at the end) takes seconds to import: import it
-    # meanwhile, while the engine's threads scan events outside the GIL.
-    threading.Thread(target=importlib.import_module, args=("great_expectations",),
-                     name="import-gx", daemon=True).start()  # fmt: skip
     if args.engine == "spark":
         engine = _spark(args)
         try:

@@ -486,15 +486,32 @@ GROUP BY e.account_id, e.event_type, b.bucket_end""",
 SELECT account_id, bucket_end, max(last_day) AS last_day
 FROM user_bucket GROUP BY account_id, bucket_end""",
     ),
+    # Which as_of sees which bucket / day: a few hundred rows. The windows join through
+    # them on equality (bucket, then account and as_of) instead of a range condition,
+    # which would pair every bucket with every as_of of its account before filtering.
+    (
+        "as_of_bucket",
+        """
+SELECT b.bucket_end, b.end_day, a.as_of, a.as_of_day
+FROM (SELECT DISTINCT bucket_end, end_day FROM bucket_of) b
+JOIN (SELECT DISTINCT as_of, as_of_day FROM grid) a ON b.bucket_end <= a.as_of""",
+    ),
+    (
+        "as_of_day",
+        """
+SELECT b.day, a.as_of
+FROM (SELECT DISTINCT day FROM bucket_of) b
+JOIN (SELECT DISTINCT as_of FROM grid) a ON b.day < a.as_of AND b.day >= a.as_of - {medium2}""",
+    ),
     (
         USAGE_RAW,
         """
 WITH users AS (
   SELECT g.account_id, g.as_of, ub.user_id, max(ub.last_day) AS last_day,
          max(ub.last_key_day) AS last_key_day
-  FROM grid g JOIN user_bucket ub
-    ON ub.account_id = g.account_id AND ub.bucket_end <= g.as_of
-   AND ub.bucket_end > g.as_of - {long}
+  FROM user_bucket ub
+  JOIN as_of_bucket w ON w.bucket_end = ub.bucket_end AND w.bucket_end > w.as_of - {long}
+  JOIN grid g ON g.account_id = ub.account_id AND g.as_of = w.as_of
   GROUP BY g.account_id, g.as_of, ub.user_id
 ), user_counts AS (
   SELECT account_id, as_of,
@@ -506,15 +523,15 @@ WITH users AS (
 ), user_days AS (
   SELECT g.account_id, g.as_of, sum({ud_medium}) AS ud_medium,
          sum({ud_medium2}) - sum({ud_medium}) AS ud_prev
-  FROM grid g JOIN user_bucket ub
-    ON ub.account_id = g.account_id AND ub.bucket_end <= g.as_of
-   AND ub.bucket_end > g.as_of - {medium2}
+  FROM user_bucket ub
+  JOIN as_of_bucket w ON w.bucket_end = ub.bucket_end AND w.bucket_end > w.as_of - {medium2}
+  JOIN grid g ON g.account_id = ub.account_id AND g.as_of = w.as_of
   GROUP BY g.account_id, g.as_of
 ), types AS (
   SELECT g.account_id, g.as_of, count(DISTINCT tb.event_type) AS types_medium
-  FROM grid g JOIN type_bucket tb
-    ON tb.account_id = g.account_id AND tb.bucket_end <= g.as_of
-   AND tb.bucket_end > g.as_of - {medium}
+  FROM type_bucket tb
+  JOIN as_of_bucket w ON w.bucket_end = tb.bucket_end AND w.bucket_end > w.as_of - {medium}
+  JOIN grid g ON g.account_id = tb.account_id AND g.as_of = w.as_of
   WHERE tb.last_day >= g.as_of - {medium}
   GROUP BY g.account_id, g.as_of
 ), days AS (
@@ -522,14 +539,15 @@ WITH users AS (
     coalesce(sum(d.n) FILTER (WHERE d.day >= g.as_of - {medium}), 0) AS ev_medium,
     coalesce(sum(d.n) FILTER (WHERE d.day < g.as_of - {medium}), 0) AS ev_prev,
     count(*) FILTER (WHERE d.day >= g.as_of - {medium}) AS days_medium
-  FROM grid g JOIN account_day d
-    ON d.account_id = g.account_id AND d.day < g.as_of
-   AND d.day >= g.as_of - {medium2}
+  FROM account_day d
+  JOIN as_of_day w ON w.day = d.day
+  JOIN grid g ON g.account_id = d.account_id AND g.as_of = w.as_of
   GROUP BY g.account_id, g.as_of
 ), last_seen AS (
   SELECT g.account_id, g.as_of, max(ab.last_day) AS last_day
-  FROM grid g JOIN account_bucket ab
-    ON ab.account_id = g.account_id AND ab.bucket_end <= g.as_of
+  FROM account_bucket ab
+  JOIN as_of_bucket w ON w.bucket_end = ab.bucket_end
+  JOIN grid g ON g.account_id = ab.account_id AND g.as_of = w.as_of
   GROUP BY g.account_id, g.as_of
 )
 SELECT g.account_id, g.as_of,
@@ -560,8 +578,8 @@ def usage_steps(w: Windows) -> list[tuple[str, str]]:
     m = w.medium
     sizes = {
         **w.model_dump(), "medium2": 2 * m,
-        "ud_medium": _days_from(f"g.as_of_day - {m}", "ub.days", "ub.end_day"),
-        "ud_medium2": _days_from(f"g.as_of_day - {2 * m}", "ub.days", "ub.end_day"),
+        "ud_medium": _days_from(f"w.as_of_day - {m}", "ub.days", "ub.end_day"),
+        "ud_medium2": _days_from(f"w.as_of_day - {2 * m}", "ub.days", "ub.end_day"),
     }  # fmt: skip
     return [(name, sql.format(**sizes)) for name, sql in _STEPS]
 

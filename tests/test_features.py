@@ -865,3 +865,76 @@ def test_event_value_rules_are_checked_once_per_distinct_id(tmp_path: Path) -> N
     for line in BAD_EVENT_ISSUES:
         assert line in text, text
     assert text.count("usage_events") == len(BAD_EVENT_ISSUES), text
+
+
+def _usage_by_brute_force(
+    events: pd.DataFrame, grid: pd.DataFrame, w: Windows, key_types: tuple[str, ...]
+) -> pd.DataFrame:
+    """The usage features straight from their definitions, one (account, as_of) at a time."""
+    s, m, lg = w.short, w.medium, w.long
+    ev = events.assign(day=events[Col.EVENT_TIME].dt.normalize())
+    by_account = dict(tuple(ev.groupby(Col.ACCOUNT_ID)))
+    rows = []
+    for account, as_of in zip(grid[Col.ACCOUNT_ID], grid[Col.AS_OF], strict=True):
+        e = by_account.get(account, ev.iloc[:0])
+        e = e[e["day"] < as_of]
+        ago = (as_of - e["day"]).dt.days  # 1 = the day before as_of
+
+        def users(days: int, e=e, ago=ago) -> int:
+            return e.loc[ago <= days, Col.USER_ID].nunique()
+
+        recent, before = e[ago <= m], e[(ago > m) & (ago <= 2 * m)]
+        ud = recent[[Col.USER_ID, "day"]].drop_duplicates().shape[0]
+        ud_prev = before[[Col.USER_ID, "day"]].drop_duplicates().shape[0]
+        key = recent.loc[recent[Col.EVENT_TYPE].isin(key_types), Col.USER_ID].nunique()
+        au_m = users(m)
+
+        def ratio(a: float, b: float) -> float:
+            return a / b if b > 0 else np.nan
+
+        row = {
+            f"active_users_{s}d": users(s), f"active_users_{m}d": au_m,
+            f"active_users_{lg}d": users(lg),
+            f"active_users_ratio_{m}d_{lg}d": ratio(au_m, users(lg)),
+            f"events_{m}d": len(recent), f"events_per_active_user_{m}d": ratio(len(recent), au_m),
+            f"active_days_{m}d": recent["day"].nunique(),
+            f"stickiness_dau_mau_{m}d": ratio(ud / m, au_m),
+            f"event_types_{m}d": recent[Col.EVENT_TYPE].nunique(),
+            f"events_trend_{m}d": ratio(len(recent), len(before)) - 1,
+            f"user_days_trend_{m}d": ratio(ud, ud_prev) - 1,
+            "days_since_last_activity": ago.min() if len(e) else np.nan,
+        }  # fmt: skip
+        if key_types:
+            row[f"key_feature_user_share_{m}d"] = ratio(key, au_m)
+        rows.append(row)
+    return pd.DataFrame(rows, index=grid.index).astype("float64")
+
+
+#: as_of calendars relative to the first event day (the fixture's data span 10 months)
+CALENDARS = {
+    "weekly": lambda t0: pd.date_range(t0 + pd.Timedelta(days=120), periods=12, freq="W-MON"),
+    # 91-92 days apart: buckets are cut at 62 days
+    "quarterly": lambda t0: pd.date_range(t0 + pd.Timedelta(days=20), periods=4, freq="QS"),
+    "irregular": lambda t0: t0 + pd.to_timedelta([2, 200, 215, 320], unit="D"),
+}
+
+
+@pytest.mark.parametrize("calendar", CALENDARS)
+@pytest.mark.parametrize("windows", [Windows(), Windows(short=3, medium=10, long=40)],
+                         ids=["7-30-90", "3-10-40"])  # fmt: skip
+def test_usage_sql_equals_the_definitions(generated, calendar: str, windows: Windows) -> None:
+    """Bit-mask buckets give exactly the counts of the definitions, whatever the calendar."""
+    from features.usage import usage_features
+
+    events = generated.tables[T.USAGE_EVENTS]
+    ids = sorted(events[Col.ACCOUNT_ID].unique())[:25]
+    events = events[events[Col.ACCOUNT_ID].isin(ids)]
+    as_of_dates = CALENDARS[calendar](events[Col.EVENT_TIME].min().normalize())
+    grid = pd.DataFrame([(a, d) for d in as_of_dates for a in ids],
+                        columns=[Col.ACCOUNT_ID, Col.AS_OF])  # fmt: skip
+    grid[Col.AS_OF] = grid[Col.AS_OF].astype("datetime64[us]")
+    key_types = tuple(sorted(events[Col.EVENT_TYPE].unique())[:2])
+    got = usage_features(events, grid, windows, key_types)
+    want = _usage_by_brute_force(events, grid, windows, key_types)
+    pd.testing.assert_frame_equal(got, want[got.columns], rtol=1e-12)
+    assert (got[f"stickiness_dau_mau_{windows.medium}d"] > 0).sum() > len(grid) / 3  # not empty
