@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from simulator import SimResult, generate, write_dataset
+
+if TYPE_CHECKING:
+    from features.engine import SparkEngine
 
 SIM_START = dt.date(2023, 3, 1)
 
@@ -110,3 +115,14 @@ def handmade_dir(tmp_path: Path) -> Path:
         "O2,2024-01-01,150\n"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkEngine]:
+    """One Spark `local[2]` session for the whole test run (a JVM start costs seconds)."""
+    from features.engine import SparkEngine
+
+    engine = SparkEngine.start("local[2]")
+    assert engine.owned, "another Spark session was active"
+    yield engine
+    engine.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import features_data as hb
@@ -26,14 +25,6 @@ from simulator import generate, write_dataset
 from tests.test_features_leakage import PARAMS, _apply, assert_features_unchanged, later_records
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkEngine]:
-    engine = SparkEngine.start("local[2]")
-    assert engine.owned, "another Spark session was active"
-    yield engine
-    engine.close()
 
 
 def assert_same(duck: SnapshotTable, spark: SnapshotTable) -> None:

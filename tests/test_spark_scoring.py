@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -60,14 +59,6 @@ def scoring(setup: ServingSetup) -> tuple[pd.DataFrame, Scorer]:
     models = ModelPair(churn, exp, str(v_churn), str(v_exp))
     rows = newest_rows(SnapshotTable.read(setup.snapshots).frame)
     return rows, Scorer(models, cfg.health, cfg.explanations)
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkEngine]:
-    engine = SparkEngine.start("local[2]")
-    assert engine.owned, "another Spark session was active"
-    yield engine
-    engine.close()
 
 
 def _given(items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
