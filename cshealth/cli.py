@@ -60,6 +60,7 @@ def _store(args: argparse.Namespace, cfg: Config, create: bool = True) -> ScoreS
 
 def cmd_generate(args: argparse.Namespace, cfg: Config) -> int:
     """Simulate a sample data set and its ground truth."""
+    from features.location import is_remote, locate
     from simulator import generate, get_preset, write_dataset
 
     sim = cfg.simulator
@@ -68,7 +69,11 @@ def cmd_generate(args: argparse.Namespace, cfg: Config) -> int:
     # A preset's own history length (short_*) beats params.yaml; --months beats both.
     months = args.months or preset.months or sim.months
     seed = sim.seed if args.seed is None else args.seed
-    out = Path(args.out or cfg.data.raw_dir)
+    out_dir = args.out or cfg.data.raw_dir
+    if is_remote(out_dir):  # never a local folder named "s3:"
+        raise UserError(f"{out_dir}: generate writes a local folder; copy it to the store "
+                        "afterwards")  # fmt: skip
+    out = Path(locate(out_dir).path)
     truth = Path(args.truth or cfg.data.truth_file)
     start = args.start or sim.start
     log.info(
@@ -892,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help=cmd_generate.__doc__)
-    g.add_argument("--out", type=Path, help="output folder (default: data.raw_dir)")
+    g.add_argument("--out", help="output folder (default: data.raw_dir)")
     g.add_argument("--accounts", type=_positive, help="number of accounts")
     g.add_argument("--months", type=_positive, help="months of history")
     g.add_argument("--seed", type=int, help="random seed")

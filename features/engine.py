@@ -30,13 +30,17 @@ import duckdb
 import pandas as pd
 
 from features.contract import TABLES, Column, Kind, T
-from features.io import MAX_EXAMPLES, ContractError, Issue, example_values
-from features.location import Source, locate
+from features.io import MAX_EXAMPLES, ContractError, Issue, example_values, source_files
+from features.location import Source, as_source, locate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+
+#: Spark SQL settings the features rely on: UTC and timestamps without time zone (naive
+#: UTC, as the contract's), set on a session started here and on an active one reused
+SQL_CONF = {"spark.sql.session.timeZone": "UTC", "spark.sql.timestampType": "TIMESTAMP_NTZ"}
 
 EngineName = Literal["duckdb", "spark"]
 ENGINES: tuple[EngineName, ...] = ("duckdb", "spark")
@@ -126,7 +130,13 @@ class SparkEngine:
         from pyspark.sql import SparkSession
 
         active = SparkSession.getActiveSession()
-        return cls(active, owned=False) if active is not None else cls(spark_session(master), True)
+        if active is None:
+            return cls(spark_session(master), owned=True)
+        for key, value in SQL_CONF.items():  # the contract's instants need UTC, naive times
+            if active.conf.get(key, None) != value:
+                log.warning("spark: setting %s = %s on the active session", key, value)
+                active.conf.set(key, value)
+        return cls(active, owned=False)
 
     def register(self, name: str, frame: pd.DataFrame) -> None:
         frame = _for_spark(frame)
@@ -211,8 +221,7 @@ def spark_session(master: str | None = None) -> SparkSession:
     master = master or DEFAULT_SPARK_MASTER
     builder = (
         SparkSession.builder.master(master).appName("cshealth-features")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.timestampType", "TIMESTAMP_NTZ")
+        .config(map=SQL_CONF)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -247,10 +256,11 @@ def spark_events_view(engine: SparkEngine, source: Source | str | pd.DataFrame) 
     spark = engine.spark
     if isinstance(source, pd.DataFrame):
         df = spark.createDataFrame(_for_spark(source))
-    elif (where := locate(source)).suffix == ".csv":
-        df = spark.read.option("header", True).csv(where.spark_uri)
     else:
-        df = spark.read.parquet(where.spark_uri)
+        where = locate(source)
+        source_files(T.USAGE_EVENTS, as_source(where))  # no parts, an empty file: named
+        reader = spark.read.option("header", True)
+        df = (reader.csv if where.suffix == ".csv" else spark.read.parquet)(where.spark_uri)
     df.createOrReplaceTempView("events_src")
     types = dict(df.dtypes)  # column -> Spark's type name ("string", "timestamp_ntz", ...)
     select, converted, missing = [], [], []
@@ -263,8 +273,10 @@ def spark_events_view(engine: SparkEngine, source: Source | str | pd.DataFrame) 
                 select.append(f"CAST({c.default!r} AS {kind}) AS `{c.name}`")
             continue
         expr = f"TRY_CAST(`{c.name}` AS {kind})"
-        if c.kind == Kind.TIMESTAMP:  # text with an offset: converted to UTC, not cut
-            expr = f"CAST(TRY_CAST(`{c.name}` AS TIMESTAMP) AS {kind})"
+        if c.kind == Kind.TIMESTAMP:
+            # Text with an offset is converted to UTC, not cut: TIMESTAMP_LTZ reads the
+            # offset (TIMESTAMP_NTZ would drop it); the session's zone is UTC.
+            expr = f"CAST(TRY_CAST(`{c.name}` AS TIMESTAMP_LTZ) AS {kind})"
         if types[c.name] != kind.lower():
             converted.append((c, expr))
         select.append(f"{expr} AS `{c.name}`")

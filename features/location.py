@@ -39,7 +39,8 @@ SUPPORTED = "file://, " + ", ".join(f"{s}://" for s in ARROW_SCHEMES)
 #: Parquet readers skip files and folders whose names start with these
 HIDDEN_PREFIXES = (".", "_")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):(//)?")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):[^/@]*@")
+#: `scheme://key:secret@` anywhere in a text (a secret may hold `/`: up to the `@`)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s'\"]*):[^@\s'\"]*@")
 _T = TypeVar("_T")
 
 
@@ -51,13 +52,14 @@ class NotLocalError(LocationError, TypeError):
     """A remote location used where only a local path will do (`os.fspath`)."""
 
 
-def _shown(uri: str) -> str:
-    """A URI without the secret it may carry (`scheme://key:secret@host`)."""
-    return _USERINFO.sub(r"\1:***@", uri)
+def _shown(text: str) -> str:
+    """`text` (a URI, an error message) without the secrets URIs in it carry
+    (`scheme://key:secret@host`)."""
+    return _USERINFO.sub(r"\1:***@", text)
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
+    text = _shown(" ".join(f"{type(err).__name__}: {err}".split()))  # Arrow repeats the URI
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -85,7 +87,13 @@ class DataLocation:
         if self.is_local:
             return "file://" + self.path
         scheme, _, rest = self.uri.partition(":")
-        return SPARK_SCHEMES.get(scheme.lower(), scheme) + ":" + rest.partition("?")[0]
+        scheme = SPARK_SCHEMES.get(scheme.lower(), scheme)
+        # Hadoop takes credentials from its configuration, never from the URI: a secret
+        # is dropped, and S3's key with it (an `abfss://container@account` name stays).
+        if m := re.match(r"//([^/@:]*)(?::[^@]*)?@", rest):
+            user = f"{m[1]}@" if m[1] and scheme != "s3a" else ""
+            rest = f"//{user}{rest[m.end():]}"
+        return scheme + ":" + rest.partition("?")[0]
 
     @property
     def name(self) -> str:
@@ -183,6 +191,14 @@ Source = Path | DataLocation
 def _local(path: str | os.PathLike[str]) -> DataLocation:
     absolute = os.path.abspath(os.fspath(path))
     return DataLocation(Path(absolute).as_uri(), pafs.LocalFileSystem(), absolute)
+
+
+def is_remote(data: str | os.PathLike[str]) -> bool:
+    """Whether `data` is a URI of a store other than local files (opens nothing)."""
+    if isinstance(data, PurePath):
+        return False
+    match = _SCHEME.match(os.fspath(data))
+    return bool(match and match[2] and match[1].lower() != "file")
 
 
 def locate(

@@ -242,8 +242,8 @@ def event_rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[st
 
 @contextlib.contextmanager
 def reading_events(source: Source | str | pd.DataFrame) -> Iterator[None]:
-    """Turn DuckDB's (or, for a remote source, Arrow's) failure to read the events files
-    into a ContractError naming the file."""
+    """Turn DuckDB's, Spark's (or, for a remote source, Arrow's) failure to read the events
+    files into a ContractError naming the file."""
     try:
         yield
     except (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException):
@@ -255,6 +255,17 @@ def reading_events(source: Source | str | pd.DataFrame) -> Iterator[None]:
         if not isinstance(err, duckdb.Error) and not isinstance(path, DataLocation):
             raise  # Arrow reads the files of remote sources only
         raise unreadable(T.USAGE_EVENTS, path, source_files(T.USAGE_EVENTS, path), err) from err
+    except Exception as err:
+        # Spark failing on the files (a corrupt part) fails the job: name the file.
+        if isinstance(source, pd.DataFrame) or not _spark_error(err):
+            raise
+        path = as_source(locate(source))
+        raise unreadable(T.USAGE_EVENTS, path, source_files(T.USAGE_EVENTS, path), err) from err
+
+
+def _spark_error(err: BaseException) -> bool:
+    """Whether `err` comes from Spark (pyspark or its JVM gateway), not from our code."""
+    return type(err).__module__.startswith(("pyspark", "py4j"))
 
 
 def _rule_conditions(c: Column, bound: dt.datetime | None) -> list[tuple[str, str, list]]:
@@ -303,6 +314,7 @@ def check_events(
                 for c, _, sql in rules]]  # fmt: skip
     lo, hi, total, *failing = engine.rows(f"SELECT {', '.join(counts)} FROM events")[0]
     if not total:
+        _drop(engine, _EVENT_IDS)
         return EventsChecked([rule_issue(T.USAGE_EVENTS, None, Rule.NOT_EMPTY)], None)
     issues = []
     for (c, rule, sql), rows in zip(rules, failing, strict=True):
@@ -315,7 +327,16 @@ def check_events(
         if rows:
             values = [r[0] for r in engine.rows(sample)]
             issues.append(rule_issue(T.USAGE_EVENTS, c.name, rule, rows, values))
+    _drop(engine, _EVENT_IDS)
     return EventsChecked(issues, None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi)))
+
+
+def _drop(engine: Engine, name: str) -> None:
+    """Free a table made by `engine.view` (DuckDB: a temp table; Spark: a cached view)."""
+    if isinstance(engine, DuckDBEngine):
+        engine.con.execute(f"DROP TABLE IF EXISTS {name}")
+    else:
+        engine.unregister(name)
 
 
 #: the table of distinct event ids (and their rows) `check_events` builds

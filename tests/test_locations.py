@@ -339,3 +339,36 @@ def test_missing_folder_stays_a_clear_error(tmp_path: Path, capsys) -> None:
         load_folder(missing)
     assert main(["check", missing, "--reports", str(tmp_path / "r")]) == 1
     assert f"checks failed for {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("uri", "spark"),
+    [
+        ("s3://AKIA:se/cret@bucket/raw?region=x", "s3a://bucket/raw"),
+        ("abfss://cont:KEY==@acct.dfs.core.windows.net/raw",
+         "abfss://cont@acct.dfs.core.windows.net/raw"),
+        ("abfss://cont@acct.dfs.core.windows.net/raw",
+         "abfss://cont@acct.dfs.core.windows.net/raw"),
+    ],
+)  # fmt: skip
+def test_secrets_in_uris_are_never_shown_nor_handed_to_spark(uri: str, spark: str) -> None:
+    """Masked when shown (a secret may hold `/`), in Arrow's errors too; Spark never gets one."""
+    where = DataLocation(uri, pafs.LocalFileSystem(), "/x")
+    assert "cret" not in str(where) and "KEY==" not in str(where)
+    remote = DataLocation(uri, pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory"))),
+                          "/x")  # fmt: skip
+    assert remote.spark_uri == spark
+
+
+def test_arrow_errors_do_not_repeat_the_secret() -> None:
+    with pytest.raises(LocationError) as err:
+        locate("s3://AKIA:TOP/SECRET@buck et/raw?region=us-east-1")  # Arrow cannot parse it
+    assert "SECRET" not in str(err.value) and "AKIA:***@" in str(err.value)
+
+
+def test_generate_refuses_a_remote_folder(tmp_path: Path, capsys) -> None:
+    """`generate` writes locally: never a local folder named `s3:` for an s3:// URI."""
+    assert main(["generate", "--out", "s3://bucket/raw", "--truth", str(tmp_path / "t.parquet"),
+                 "--accounts", "10"]) == 2  # fmt: skip
+    assert "generate writes a local folder" in capsys.readouterr().err
+    assert not Path("s3:").exists()

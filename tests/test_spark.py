@@ -173,3 +173,75 @@ def test_uncoercible_and_missing_event_columns_are_named_on_spark(
     assert "usage_events.event_time: not coercible to timestamp (1 rows) e.g. not a date" in said[0]
     assert "usage_events.quantity: not coercible to float (1 rows) e.g. lots" in said[0]
     assert "usage_events.user_id: missing column" in said[1]
+
+
+def test_event_times_with_offsets_are_read_as_utc_on_spark(
+    spark: SparkEngine, tmp_path: Path
+) -> None:
+    """`...-05:00` is 5 hours later in UTC on both engines (an offset dropped would leak)."""
+    from features.contract import Col, T
+
+    frames = hb.tables()
+    events = frames.pop(T.USAGE_EVENTS)
+    shifted = events[Col.EVENT_TIME] - pd.Timedelta(hours=5)
+    # the same instants written with a -05:00 offset: 23:30 UTC on a day is 18:30-05:00
+    events[Col.EVENT_TIME] = shifted.dt.strftime("%Y-%m-%dT%H:%M:%S-05:00")
+    data = hb.write(frames, tmp_path / "raw")
+    events.to_csv(data / f"{T.USAGE_EVENTS}.csv", index=False)
+    plain = hb.write(hb.tables(), tmp_path / "plain")
+    want = build_snapshots(plain, hb.PARAMS)
+    assert_same(want, build_snapshots(data, hb.PARAMS))
+    assert_same(want, build_snapshots(data, hb.PARAMS, engine=spark))
+
+
+def test_unreadable_event_files_are_named_on_spark(spark: SparkEngine, tmp_path: Path) -> None:
+    """A corrupt part or a folder without parts: the file named, as on DuckDB, no traceback."""
+    from features.contract import T
+    from features.io import ContractError
+
+    frames = hb.tables()
+    data = hb.write(frames, tmp_path / "raw")
+    (data / f"{T.USAGE_EVENTS}.parquet").unlink()
+    folder = data / T.USAGE_EVENTS
+    folder.mkdir()
+    frames[T.USAGE_EVENTS].to_parquet(folder / "part-0.parquet", index=False)
+    (folder / "part-1.parquet").write_bytes(b"PAR1 not parquet at all PAR1")
+    for engine in (None, spark):
+        with pytest.raises(ContractError, match=r"unreadable file usage_events/part-1\.parquet"):
+            build_snapshots(data, hb.PARAMS, engine=engine)
+    for part in folder.iterdir():
+        part.unlink()
+    for engine in (None, spark):
+        with pytest.raises(ContractError, match=r"no Parquet parts in folder usage_events/"):
+            build_snapshots(data, hb.PARAMS, engine=engine)
+
+
+def test_a_reused_session_is_set_to_utc(spark: SparkEngine) -> None:
+    """A notebook's session in another zone is reused, and set to what the features need."""
+    spark.spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    again = SparkEngine.start()
+    assert again.spark is spark.spark and not again.owned
+    assert spark.spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+def test_usage_buckets_cut_at_62_days_give_the_definitions_on_spark(spark: SparkEngine) -> None:
+    """The bit-mask SQL, transpiled, on a quarterly calendar (buckets cut at 62 days)."""
+    from conftest import SIM_START
+
+    from features.contract import Col, T
+    from features.settings import Windows
+    from features.usage import usage_features
+    from tests.test_features import CALENDARS, _usage_by_brute_force
+
+    sim = generate(accounts=80, months=10, seed=3, start=SIM_START, truth_samples=2)
+    events = sim.tables[T.USAGE_EVENTS]
+    ids = sorted(events[Col.ACCOUNT_ID].unique())[:10]
+    events = events[events[Col.ACCOUNT_ID].isin(ids)].reset_index(drop=True)
+    dates = CALENDARS["quarterly"](events[Col.EVENT_TIME].min().normalize())
+    grid = pd.DataFrame([(a, d) for d in dates for a in ids], columns=[Col.ACCOUNT_ID, Col.AS_OF])
+    grid[Col.AS_OF] = grid[Col.AS_OF].astype("datetime64[us]")
+    keys = tuple(sorted(events[Col.EVENT_TYPE].unique())[:2])
+    got = usage_features(events, grid, Windows(), keys, con=spark)
+    want = _usage_by_brute_force(events, grid, Windows(), keys)
+    pd.testing.assert_frame_equal(got, want[got.columns], rtol=1e-12)
+    assert (got["stickiness_dau_mau_30d"] > 0).any()

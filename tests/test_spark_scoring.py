@@ -225,9 +225,20 @@ def test_cli_scores_on_spark_like_the_local_run(
     local = store.latest_run()  # the set-up's run, scored in-process by the same models
     for k, v in state.env().items():
         monkeypatch.setenv(k, v)
+    import serving.spark_scoring as spark_scoring
+
+    computed: list[dict[str, np.ndarray]] = []  # what Spark computed, by the CLI's call
+    real = spark_scoring.spark_probabilities
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        computed.append(real(*args, **kwargs))
+        return computed[-1]
+
+    monkeypatch.setattr(spark_scoring, "spark_probabilities", recording)
     argv = ["-q", "--params", str(state.params), "score", "--features", str(state.snapshots),
             "--engine", "spark"]  # fmt: skip
     assert main(argv) == 0
+    assert len(computed) == 1 and len(computed[0]["churn"]) == len(setup.ids)
     out = capsys.readouterr().out
     assert f"scored {len(setup.ids)} accounts at as_of {setup.as_of}" in out, out
     assert "spark engine" in out, out
