@@ -622,14 +622,15 @@ def usage_features(
     `source` is the usage_events Parquet file / folder / CSV, or a DataFrame. Only
     events strictly before each row's `as_of` count. Runs on `con`: a DuckDB
     connection or an engine (`features.engine`; None: a private DuckDB connection).
-    `event_range`: the events' time range when known (`check_events`), saving a scan.
+    `event_range`: what `check_events` found on the same engine: its view `events` is
+    then reused as it is (registering it again would repeat the conversion checks' scans).
     """
     engine = as_engine(con)
-    if isinstance(engine, DuckDBEngine):
-        events_relation(engine.con, source)
-    else:
-        spark_events_view(engine, source)  # type: ignore[arg-type]
     if event_range is None:
+        if isinstance(engine, DuckDBEngine):
+            events_relation(engine.con, source)
+        else:
+            spark_events_view(engine, source)  # type: ignore[arg-type]
         event_range = event_time_range(engine)
     g = grid[[Col.ACCOUNT_ID, Col.AS_OF]].copy()
     if event_range is None:
